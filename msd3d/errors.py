@@ -1,0 +1,17 @@
+"""User-facing errors: one line that names the problem and the fix."""
+
+
+class Msd3dError(Exception):
+    """An error caused by user input or environment, shown as one line with a non-zero exit."""
+
+
+class ConfigError(Msd3dError):
+    """A config key, value or file is invalid."""
+
+
+class ModelLoadError(Msd3dError):
+    """Model weights could not be found or loaded."""
+
+
+class CheckpointError(Msd3dError):
+    """A run directory has no usable checkpoint."""

@@ -1,0 +1,101 @@
+"""Score distillation sampling (SDS), threestudio-equivalent, in VE coordinates.
+
+threestudio applies ``grad = w(t) (eps_hat - eps)`` with ``w = 1 - alpha_bar_t`` to the latents.
+With ``z = x + sigma n`` and ``eps_hat = (z - D) / sigma`` this is ``w(t) (x - D) / sigma``, i.e. the
+target ``D(z, sigma)`` with VE weight ``(1 - alpha_bar) / sigma = sigma / (1 + sigma^2)``.
+
+Guidance scale convention: standard CFG, ``D = D_u + s (D_c - D_u)``. threestudio's
+``guidance_scale: 100`` (``eps_c + 100 (eps_c - eps_u)``) equals ``s = 101`` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, rand, randn_like
+from msd3d.priors.base import Condition, DiffusionPrior
+
+WEIGHTINGS = ("sds", "uniform")
+T_SCHEDULES = ("random", "anneal")
+
+
+@dataclass
+class TimestepConfig:
+    """Which diffusion times (fractions of the schedule) a method samples."""
+
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_schedule: str = "random"
+    """"random": uniform in [t_min, t_max] each step; "anneal": t_max -> t_min linearly over the run."""
+
+    def validate(self, name: str) -> None:
+        if not 0 <= self.t_min < self.t_max <= 1:
+            raise ValueError(f"{name}.t_min and {name}.t_max must satisfy 0 <= t_min < t_max <= 1")
+        if self.t_schedule not in T_SCHEDULES:
+            raise ValueError(f"{name}.t_schedule must be one of {', '.join(T_SCHEDULES)}")
+
+
+def sample_times(
+    config: TimestepConfig, batch: int, step: int, total_steps: int, generator: torch.Generator | None, device
+) -> Tensor:
+    """(B,) diffusion times for this optimisation step."""
+    if config.t_schedule == "anneal":
+        t = interpolate(config.t_max, config.t_min, progress(step, total_steps))
+        return torch.full((batch,), t, device=device)
+    return config.t_min + (config.t_max - config.t_min) * rand(batch, generator, device)
+
+
+def sds_weight(sigma: Tensor, weighting: str) -> Tensor:
+    """VE weight of ``x - D`` for a threestudio weighting ``w(t)``: ``w(t) / sigma``."""
+    if weighting == "sds":
+        return sigma / (1 + sigma**2)  # w = 1 - alpha_bar = sigma^2 / (1 + sigma^2)
+    if weighting == "uniform":
+        return 1.0 / sigma
+    raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+
+
+@dataclass
+class SDSConfig(TimestepConfig):
+    guidance_scale: float = 100.0
+    """Standard CFG scale (threestudio's 100 is 101 here)."""
+    weighting: str = "sds"
+    """"sds": w = 1 - alpha_bar (threestudio); "uniform": w = 1."""
+    weight: float = 1.0
+    """Extra loss multiplier."""
+
+    def validate(self, name: str = "sds") -> None:
+        super().validate(name)
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"{name}.weighting must be one of {', '.join(WEIGHTINGS)}")
+
+
+class SDS(Guidance):
+    """``target = D(x + sigma n, sigma)``, weight ``w(t)/sigma``: one (CFG-batched) denoiser call."""
+
+    name = "sds"
+
+    def __init__(self, prior: DiffusionPrior, config: SDSConfig | None = None) -> None:
+        super().__init__(prior)
+        self.config = config or SDSConfig()
+        self.config.validate()
+
+    def __call__(
+        self,
+        x: Tensor,
+        cond: Condition,
+        step: int = 0,
+        total_steps: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> GuidanceOutput:
+        x = x.detach()
+        t = sample_times(self.config, x.shape[0], step, total_steps, generator, x.device)
+        sigma = self.prior.sigma_from_time(t.cpu()).to(x.device)  # (B,)
+        sig = sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        z = x + sig * randn_like(x, generator)
+        target = self.prior.denoise(z, sigma, cond, self.config.guidance_scale)
+        weight = self.config.weight * sds_weight(sigma, self.config.weighting)
+        stats = {"t": float(t.mean()), "sigma": float(sigma.mean())}
+        return GuidanceOutput(target=target.detach(), weight=weight, stats=stats)

@@ -1,0 +1,159 @@
+"""The one interface every diffusion prior shares: a VE denoiser with classifier-free guidance.
+
+Coordinates (DESIGN.md §2): clean data ``y``, noisy ``z = y + sigma * n`` and a denoiser
+``D(z, sigma, cond) ~= E[y | z]``. Guidance methods (SDS, MSD, SDI) are written once against this
+class and never know which prior they run on.
+
+"Data" is whatever the denoiser works on: 2-D points for a Gaussian mixture, images for the oracle,
+VAE latents for Stable Diffusion. ``encode`` / ``decode`` move between rendered images and data.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from msd3d.priors.schedule import VPSchedule
+
+
+@dataclass
+class Condition:
+    """A prompt as one prior understands it.
+
+    ``cond`` and ``uncond`` are prior-specific payloads with a leading batch dimension of
+    ``batch_size`` (text embeddings, component log-weights, reference images...). ``uncond`` is
+    ``None`` when the prior has no unconditional branch, which makes guidance scales a no-op.
+    """
+
+    cond: Any
+    uncond: Any | None
+    batch_size: int
+    prompts: list[str] = field(default_factory=list)
+
+    def repeat(self, n: int) -> Condition:
+        """The same condition for ``n`` times as many samples (``[c0, c1] -> [c0, c1, c0, c1]``)."""
+        return Condition(
+            cond=_repeat_payload(self.cond, n),
+            uncond=None if self.uncond is None else _repeat_payload(self.uncond, n),
+            batch_size=self.batch_size * n,
+            prompts=list(self.prompts) * n,
+        )
+
+
+def _repeat_payload(payload: Any, n: int) -> Any:
+    if isinstance(payload, Tensor):
+        return payload.repeat(n, *([1] * (payload.ndim - 1)))
+    if isinstance(payload, dict):
+        return {k: _repeat_payload(v, n) for k, v in payload.items()}
+    raise TypeError(f"cannot repeat a condition payload of type {type(payload).__name__}")
+
+
+def _concat_payloads(a: Any, b: Any) -> Any:
+    if isinstance(a, Tensor):
+        return torch.cat([a, b], dim=0)
+    if isinstance(a, dict):
+        return {k: _concat_payloads(a[k], b[k]) for k in a}
+    raise TypeError(f"cannot concatenate condition payloads of type {type(a).__name__}")
+
+
+@dataclass
+class DenoiserCounter:
+    """How much denoising a prior has done: batched forward passes and per-sample evaluations."""
+
+    calls: int = 0
+    evaluations: int = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.evaluations = 0
+
+
+class DiffusionPrior(abc.ABC):
+    """A diffusion model in VE-denoiser coordinates.
+
+    Subclasses implement :meth:`condition` and :meth:`denoise_raw`; the shared :meth:`denoise`
+    adds classifier-free guidance, ``D = D_u + s (D_c - D_u)`` (the standard convention: ``s = 1``
+    is plain conditional sampling), evaluating both branches in one batched call.
+    """
+
+    #: Noise schedule used to turn diffusion time into sigma (SD's own, or SD's default).
+    schedule: VPSchedule
+    device: torch.device = torch.device("cpu")
+    #: dtype of the data the denoiser takes and returns.
+    dtype: torch.dtype = torch.float32
+
+    def __init__(self) -> None:
+        self.counter = DenoiserCounter()
+
+    # -- conditioning --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def condition(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        cameras: Any | None = None,
+    ) -> Condition:
+        """Encode one prompt per sample. ``cameras`` lets view-aware priors (the oracle) see the
+        exact camera of each sample; other priors ignore it."""
+
+    # -- denoising -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def denoise_raw(self, z: Tensor, sigma: Tensor, payload: Any) -> Tensor:
+        """``E[y | z]`` for a batch: ``z`` (B, *data), ``sigma`` (B,), payload with batch B."""
+
+    def denoise(
+        self, z: Tensor, sigma: Tensor | float, cond: Condition, guidance_scale: float = 1.0
+    ) -> Tensor:
+        """Guided denoiser ``D(z, sigma, cond)``.
+
+        z: (B, *data) noisy data; sigma: scalar or (B,); returns (B, *data).
+        """
+        batch = z.shape[0]
+        if cond.batch_size != batch:
+            raise ValueError(f"condition has batch {cond.batch_size} but z has batch {batch}")
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=z.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(batch)
+        use_cfg = cond.uncond is not None and guidance_scale != 1.0
+        if not use_cfg:
+            self._count(batch)
+            return self.denoise_raw(z, sigma, cond.cond)
+        self._count(2 * batch)
+        both = self.denoise_raw(
+            torch.cat([z, z], dim=0),
+            torch.cat([sigma, sigma], dim=0),
+            _concat_payloads(cond.cond, cond.uncond),
+        )
+        d_cond, d_uncond = both[:batch], both[batch:]
+        return d_uncond + guidance_scale * (d_cond - d_uncond)
+
+    def _count(self, evaluations: int) -> None:
+        self.counter.calls += 1
+        self.counter.evaluations += evaluations
+
+    # -- data space ----------------------------------------------------------------------------
+    def encode(self, images: Tensor) -> Tensor:
+        """Rendered images (B, 3, H, W) in [0, 1] -> data the denoiser works on (differentiable)."""
+        return images
+
+    def decode(self, data: Tensor) -> Tensor:
+        """Data -> images (B, 3, H, W) in [0, 1]."""
+        return data
+
+    # -- noise levels --------------------------------------------------------------------------
+    @property
+    def sigma_min(self) -> float:
+        return self.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.schedule.sigma_max
+
+    def sigma_from_time(self, u: Tensor) -> Tensor:
+        """Noise level at normalised diffusion time ``u in [0, 1]`` (threestudio's ``t / 1000``)."""
+        return self.schedule.sigma_from_time(u)
