@@ -145,6 +145,11 @@ class DiffusionPrior(abc.ABC):
         """Data -> images (B, 3, H, W) in [0, 1]."""
         return data
 
+    # -- scoring -------------------------------------------------------------------------------
+    def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
+        """Score finished renders (N, 3, H, W) at ``cameras``; None for priors that cannot (SD)."""
+        return None
+
     # -- noise levels --------------------------------------------------------------------------
     @property
     def sigma_min(self) -> float:

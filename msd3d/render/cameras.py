@@ -169,7 +169,7 @@ class CameraConfig:
                 raise ValueError(f"camera.{name} must be [low, high] with low <= high, got [{lo}, {hi}]")
         if self.distance_range[0] <= 0:
             raise ValueError("camera.distance_range must be positive")
-        if not 0 < self.fovy_range[0] and self.fovy_range[1] < 180:
+        if not (0 < self.fovy_range[0] and self.fovy_range[1] < 180):
             raise ValueError("camera.fovy_range must lie in (0, 180) degrees")
         if self.batch_size < 1:
             raise ValueError("camera.batch_size must be at least 1")

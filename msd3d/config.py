@@ -1,0 +1,260 @@
+"""The run configuration: one dataclass per module, composed here, loaded from YAML + overrides.
+
+Precedence (later wins): code defaults < recipe YAML (``--config``) < CLI flags < ``key=value``
+overrides. Unknown keys and values of the wrong type fail before any work starts, naming the key;
+each module's ``validate()`` then checks ranges.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from msd3d.errors import ConfigError
+from msd3d.export.mesh import MeshExportConfig
+from msd3d.export.video import VideoConfig
+from msd3d.guidance import GUIDANCE_METHODS, GuidanceConfig
+from msd3d.priors import PriorConfig
+from msd3d.render.cameras import CameraConfig
+from msd3d.render.regularisers import RegulariserConfig
+from msd3d.render.shading import ShadingConfig
+from msd3d.render.volume import RenderConfig
+from msd3d.scene.background import BackgroundConfig
+from msd3d.scene.nerf import FieldConfig
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop: steps, optimiser, logging, checkpoints, the non-finite guard."""
+
+    steps: int = 10000
+    lr: float = 0.01
+    """Adam learning rate of the field's grid encoding and the background."""
+    lr_network: float = 0.001
+    """Adam learning rate of the field's MLPs."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this (0 = off)."""
+    log_every: int = 10
+    """Write a line to metrics.jsonl every N steps."""
+    val_every: int = 500
+    """Save validation renders (PNG) every N steps (0 = only at the end)."""
+    val_views: int = 4
+    checkpoint_every: int = 500
+    """Save a checkpoint every N steps (and always on interrupt and at the end)."""
+    max_nonfinite_streak: int = 20
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    eval_views: int = 24
+    """Turntable views used to score the run at the end (priors that can score, e.g. the oracle)."""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError("train.steps must be at least 1")
+        if self.lr <= 0 or self.lr_network <= 0:
+            raise ValueError("train.lr and train.lr_network must be positive")
+        for name in ("log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1")
+        if self.val_every < 0:
+            raise ValueError("train.val_every must be 0 (off) or positive")
+        if self.max_nonfinite_streak < 1:
+            raise ValueError("train.max_nonfinite_streak must be at least 1")
+        if self.eval_views < 1 or self.val_views < 1:
+            raise ValueError("train.eval_views and train.val_views must be at least 1")
+
+
+@dataclass
+class ExportConfig:
+    """What ``generate`` writes when training ends (``mesh`` / ``video`` sections say how)."""
+
+    mesh: bool = True
+    """Write the mesh (formats in ``mesh.formats``)."""
+    video: bool = True
+    """Write the turntable video."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one text-to-3D run needs."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    out: str = ""
+    """Run directory; empty means ``outputs/<prompt-slug>-<seed>``."""
+    view_dependent_prompts: bool = True
+    """Append ", front view" / ", side view" / ... to the prompt per camera (DreamFusion)."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    regularisers: RegulariserConfig = field(default_factory=RegulariserConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    mesh: MeshExportConfig = field(default_factory=MeshExportConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# recipes
+
+
+def recipe_dir() -> Path:
+    """The folder holding the shipped recipes (``msd3d.configs`` installed, ``configs/`` in a checkout)."""
+    try:
+        return Path(str(resources.files("msd3d.configs")))
+    except ModuleNotFoundError:  # running from a source tree that shadows the installed package
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def resolve_recipe(config: str | Path | None, prior: str | None = None, guidance: str | None = None) -> Path | None:
+    """The YAML file for ``--config``: a path, or a shipped recipe name such as ``msd-oracle``.
+
+    With no ``--config``, ``--prior``/``--guidance`` pick ``<guidance>-<prior>.yaml`` when it is
+    shipped, else ``msd-<prior>.yaml`` (the guidance is then overridden by name).
+    """
+    if config:
+        path = Path(config)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML path or one of: {', '.join(list_recipes())}")
+            return path
+        named = recipe_dir() / f"{config}.yaml"
+        if not named.is_file():
+            raise ConfigError(f"unknown recipe {str(config)!r}; pass a YAML path or one of: {', '.join(list_recipes())}")
+        return named
+    if prior is None and guidance is None:
+        return None
+    prior = prior or "sd"
+    for name in (f"{guidance or 'msd'}-{prior}", f"msd-{prior}"):
+        if (recipe_dir() / f"{name}.yaml").is_file():
+            return recipe_dir() / f"{name}.yaml"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+
+
+def _one_line(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0].strip()
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown config key {key!r}: check the spelling against the README's config reference"
+    return f"bad value for config key {key!r}: {msg}"
+
+
+def _merge(base: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{_one_line(exc)} (in {source})") from None
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        data = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=2000)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build and validate a :class:`RunConfig`.
+
+    config_file: a YAML recipe (partial: keys it omits keep their defaults).
+    values: CLI flag values as dotted keys (``{"train.steps": 100}``), applied before ``overrides``.
+    """
+    cfg = OmegaConf.structured(RunConfig)
+    if config_file is not None:
+        cfg = _merge(cfg, load_yaml(Path(config_file)), f"config file {str(config_file)!r}")
+    if values:
+        dotted = [f"{k}={_format_value(v)}" for k, v in values.items() if v is not None]
+        cfg = _merge(cfg, OmegaConf.from_dotlist(dotted), "command-line options")
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(overrides), "key=value overrides")
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    validate(run)
+    return run
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, str):
+        # quote so OmegaConf keeps strings such as "1e-3" or "a: b" as strings
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def validate(run: RunConfig) -> None:
+    """Run every section's ``validate()``; a failure becomes a one-line :class:`ConfigError`."""
+    if run.guidance.name not in GUIDANCE_METHODS:
+        raise ConfigError(
+            f"unknown guidance {run.guidance.name!r} (guidance.name); choose one of {', '.join(GUIDANCE_METHODS)}"
+        )
+    try:
+        _validate_tree(run)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _validate_tree(obj: Any) -> None:
+    if not is_dataclass(obj):
+        return
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    for f in fields(obj):
+        _validate_tree(getattr(obj, f.name))
+
+
+def to_yaml(run: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(run))
+
+
+def from_yaml_file(path: Path) -> RunConfig:
+    """A resolved ``config.yaml`` written by a run (used by ``--resume``, ``export``, ``render``)."""
+    return load_config(path)
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    """``"A Red Mushroom!"`` -> ``"a-red-mushroom"``: safe for folder names."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (slug[:max_len].rstrip("-")) or "run"

@@ -1,0 +1,647 @@
+"""The paper's synthetic 2-D experiment: particles distilled from an exact Gaussian-mixture prior.
+
+Particles start on a dense grid over the canvas and are the data ``x`` themselves: each step, a
+guidance method (SDS, MSD or SDI from :mod:`msd3d.guidance`, unchanged) looks at the particles and
+returns a target, and Adam minimises the guidance loss ``1/2 w ||x - target||^2``. Because the prior
+is an exact mixture (:mod:`msd3d.experiments.datasets2d`), the result can be scored against the true
+density (:mod:`msd3d.experiments.metrics2d`), and each estimator can be compared with the exact
+quantity it estimates (the "gradient estimation efficiency" study).
+
+Outputs (written atomically to the output folder): ``results.json`` (config and every number),
+``table.md``, ``particles_<method>.png`` and ``particles.png`` (particles over the density),
+``nll_curves.png`` and ``efficiency.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from msd3d.errors import Msd3dError
+from msd3d.experiments.datasets2d import DATASETS, Dataset2D, load_dataset
+from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
+from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
+from msd3d.guidance.base import SCHEDULE_KINDS, interpolate, progress
+from msd3d.guidance.msd import KERNELS
+from msd3d.priors.gmm import GaussianMixturePrior
+
+BASE_METHODS = ("sds", "msd", "sdi")
+"""Guidance methods; ``msd-<kernel>`` (e.g. ``msd-exp``) is MSD with that kernel."""
+
+
+def parse_method(name: str) -> tuple[str, dict[str, Any]]:
+    """``"msd-exp"`` -> ``("msd", {"kernel": "exp"})``; ``"sds"`` -> ``("sds", {})``."""
+    name = name.strip().lower()
+    if name in BASE_METHODS:
+        return name, {}
+    if name.startswith("msd-") and name[4:] in KERNELS:
+        return "msd", {"kernel": name[4:]}
+    choices = ", ".join(list(BASE_METHODS) + [f"msd-{k}" for k in KERNELS])
+    raise ValueError(f"unknown method {name!r}; choose from {choices}")
+
+
+# -- configuration --------------------------------------------------------------------------------
+def toy_guidance_defaults() -> GuidanceConfig:
+    """Per-method settings for the toy (the library defaults are tuned for Stable Diffusion).
+
+    * all methods: no classifier-free guidance (scale 1). The prior is the exact class-conditional
+      density, so guidance is not needed to hit the class, and the metrics score exactly that density.
+    * MSD: ``kernel="posterior"`` (the exact product score, so the target's mean is the exact mean
+      shift), 4 sampler steps, 1 product sample per particle and step; lambda is set per dataset
+      (see :func:`auto_lambdas`) and annealed log-linearly.
+    * SDS: threestudio's times ``t ~ U[0.02, 0.98]`` and weighting ``w = 1 - alpha_bar``.
+    * SDI: times annealed from 0.98 to 0.02 as in its paper, 10 inversion steps.
+    """
+    return GuidanceConfig(
+        name="msd",
+        sds=SDSConfig(guidance_scale=1.0),
+        msd=MSDConfig(guidance_scale=1.0, kernel="posterior", sampler_steps=4, samples=1, lambda_schedule="log_linear"),
+        sdi=SDIConfig(guidance_scale=1.0, inversion_steps=10),
+    )
+
+
+@dataclass
+class OptimConfig:
+    """Adam on the particles, with the learning rate annealed from ``lr`` to ``lr_end``."""
+
+    lr: float = 0.05
+    lr_end: float = 0.002
+    lr_schedule: str = "log_linear"
+    betas: tuple[float, float] = (0.9, 0.99)
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.lr_end <= 0:
+            raise ValueError("optim.lr and optim.lr_end must be positive")
+        if self.lr_schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"optim.lr_schedule must be one of {', '.join(SCHEDULE_KINDS)}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("optim.betas must be in [0, 1)")
+
+
+@dataclass
+class MetricsConfig:
+    knn_k: int = 3
+    """k of the k-NN manifolds for precision/recall (Kynkäänniemi et al. use 3)."""
+    reference_samples: int = 0
+    """Exact samples to compare with; 0 = as many as there are particles (balanced sets)."""
+    mmd_bandwidth: float = 0.0
+    """RBF bandwidth h of the MMD; 0 = 2.5 % of the canvas width."""
+
+    def validate(self) -> None:
+        if self.knn_k < 1:
+            raise ValueError("metrics.knn_k must be at least 1")
+        if self.reference_samples < 0 or self.mmd_bandwidth < 0:
+            raise ValueError("metrics.reference_samples and metrics.mmd_bandwidth must be non-negative")
+
+
+@dataclass
+class EfficiencyConfig:
+    """The gradient-estimation-efficiency study (error versus denoiser evaluations)."""
+
+    enabled: bool = True
+    points: int = 64
+    """Random points, uniform on the canvas."""
+    lambda_factors: tuple[float, ...] = (0.5, 2.0, 8.0)
+    """Bandwidths studied, as multiples of the median component width (smallest std)."""
+    kernels: tuple[str, ...] = KERNELS
+    msd_sampler_steps: tuple[int, ...] = (1, 4, 16)
+    msd_samples: tuple[int, ...] = (1, 4, 16, 64)
+    draws: tuple[int, ...] = (1, 4, 16, 64)
+    """Independent calls averaged by SDS and SDI."""
+
+    def validate(self) -> None:
+        if self.points < 1:
+            raise ValueError("efficiency.points must be at least 1")
+        if not self.lambda_factors or min(self.lambda_factors) <= 0:
+            raise ValueError("efficiency.lambda_factors must be positive numbers")
+        if any(k not in KERNELS for k in self.kernels):
+            raise ValueError(f"efficiency.kernels must be among {', '.join(KERNELS)}")
+        for key in ("msd_sampler_steps", "msd_samples", "draws"):
+            values = getattr(self, key)
+            if not values or min(values) < 1:
+                raise ValueError(f"efficiency.{key} must be integers of at least 1")
+
+
+@dataclass
+class Toy2DConfig:
+    """One toy run: a dataset, the methods to compare and how they are scored."""
+
+    dataset: str = "fractal"
+    gmm: str | None = None
+    """A JSON mixture file to use instead of a built-in dataset."""
+    prompt: str | None = None
+    """Class prompt; None = the dataset's default ("orange" for fractal, "" otherwise)."""
+    methods: tuple[str, ...] = BASE_METHODS
+    steps: int = 300
+    grid: int = 24
+    """Particles start on a grid x grid lattice over the canvas."""
+    seed: int = 0
+    lambda_start: float | None = None
+    lambda_end: float | None = None
+    """MSD bandwidth schedule in data units; None = from the mixture (:func:`auto_lambdas`)."""
+    curve_points: int = 25
+    """How many times the NLL is recorded during each run."""
+    plot_resolution: int = 300
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    guidance: GuidanceConfig = field(default_factory=toy_guidance_defaults)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if self.grid < 2:
+            raise ValueError("grid must be at least 2")
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        for m in self.methods:
+            parse_method(m)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        for key in ("lambda_start", "lambda_end"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"{key} must be positive")
+        if self.gmm is None and self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)} (or pass a gmm file), got {self.dataset!r}")
+        if self.curve_points < 2 or self.plot_resolution < 16:
+            raise ValueError("curve_points must be at least 2 and plot_resolution at least 16")
+        self.optim.validate()
+        self.metrics.validate()
+        self.efficiency.validate()
+        self.guidance.sds.validate()
+        self.guidance.msd.validate()
+        self.guidance.sdi.validate()
+
+
+def auto_lambdas(prior: GaussianMixturePrior, prompt: str = "") -> tuple[float, float]:
+    """Default MSD bandwidths from the mixture's own scales.
+
+    * ``lambda_start``: the median component length (largest std), i.e. the scale at which
+      neighbouring components of a ridge merge: large enough to pull particles in from far away,
+      small enough not to merge separate branches into one blob (which would collapse the particles
+      onto a single mode before the bandwidth shrinks).
+    * ``lambda_end``: half the smallest component width (smallest std) among the class's components,
+      so that at the end the smoothed density's modes sit inside every component's 1-sigma band.
+    """
+    mask = prior.component_log_weights(prompt).isfinite()
+    eig = torch.linalg.eigvalsh(prior.covs[mask]).sqrt()  # (K', D)
+    start = float(eig[:, -1].median())
+    end = 0.5 * float(eig[:, 0].min())
+    return start, max(end, 1e-6)
+
+
+def grid_particles(bounds: tuple[float, float, float, float], n: int) -> Tensor:
+    """(n*n, 2) lattice covering the canvas (cell centres, so no particle sits on the border)."""
+    x0, x1, y0, y1 = bounds
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    xs, ys = x0 + (x1 - x0) * u, y0 + (y1 - y0) * u
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    return torch.stack([gx, gy], dim=-1).reshape(-1, 2).float()
+
+
+# -- the run --------------------------------------------------------------------------------------
+@dataclass
+class MethodRun:
+    name: str
+    particles: Tensor  # (N, 2) final
+    metrics: dict[str, float]
+    curve: list[tuple[int, float]]  # (step, mean NLL)
+    wall_s: float
+    evaluations: int
+    stats: dict[str, float]
+
+
+def optimise_particles(
+    dataset: Dataset2D,
+    method: str,
+    config: Toy2DConfig,
+    prompt: str,
+    lambdas: tuple[float, float],
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[Tensor, list[tuple[int, float]], dict[str, float]]:
+    """Run one guidance method on the grid particles; returns (particles (N, 2), NLL curve, last stats)."""
+    prior = dataset.prior
+    base, overrides = parse_method(method)
+    gcfg = config.guidance
+    if base == "msd":
+        overrides = {"lambda_start": lambdas[0], "lambda_end": lambdas[1], **overrides}
+    section = replace(getattr(gcfg, base), **overrides)
+    guidance = build_guidance(base, prior, replace(gcfg, **{base: section}))
+    generator = torch.Generator().manual_seed(config.seed)
+
+    x = grid_particles(dataset.bounds, config.grid).requires_grad_(True)
+    cond = prior.condition([prompt] * len(x))
+    opt = torch.optim.Adam([x], lr=config.optim.lr, betas=config.optim.betas)
+    record_at = {round(i * (config.steps - 1) / (config.curve_points - 1)) for i in range(config.curve_points)}
+    curve: list[tuple[int, float]] = []
+    stats: dict[str, float] = {}
+    for step in range(config.steps):
+        frac = progress(step, config.steps)
+        for group in opt.param_groups:
+            group["lr"] = interpolate(config.optim.lr, config.optim.lr_end, frac, config.optim.lr_schedule)
+        if step in record_at:
+            curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
+        out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)
+        loss = out.loss(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stats = out.stats
+        if on_step is not None:
+            on_step(step)
+    final = x.detach().clone()
+    curve.append((config.steps, float(-prior.log_prob(final, prompt=prompt).mean())))
+    return final, curve, stats
+
+
+def run_toy2d(
+    config: Toy2DConfig,
+    out_dir: Path | str | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Optimise particles with every method of ``config``, score them, study the estimators' efficiency
+    and (with ``out_dir``) write ``results.json``, ``table.md`` and the plots. Returns the results dict.
+
+    Raises :class:`Msd3dError` for invalid settings or input files.
+    """
+    try:
+        config.validate()
+    except ValueError as err:
+        raise Msd3dError(f"invalid toy2d setting: {err}") from None
+    dataset = load_dataset(config.dataset, config.gmm)
+    prior = dataset.prior
+    prompt = dataset.prompt if config.prompt is None else config.prompt
+    try:
+        prior.component_log_weights(prompt)
+    except ValueError as err:
+        raise Msd3dError(f"invalid prompt for dataset {dataset.name!r}: {err}") from None
+    if prior.dim != 2:
+        raise Msd3dError(f"toy2d needs a 2-D mixture, but {dataset.name!r} is {prior.dim}-D")
+    auto = auto_lambdas(prior, prompt)
+    lambdas = (config.lambda_start or auto[0], config.lambda_end or auto[1])
+
+    bounds = dataset.bounds
+    canvas_width = bounds[1] - bounds[0]
+    n_particles = config.grid**2
+    n_ref = config.metrics.reference_samples or n_particles
+    bandwidth = config.metrics.mmd_bandwidth or 0.025 * canvas_width
+    reference = prior.sample(n_ref, torch.Generator().manual_seed(config.seed + 1), prompt=prompt)
+
+    runs: dict[str, MethodRun] = {}
+    with _progress(show_progress) as bar:
+        for method in config.methods:
+            task = bar.add_task(f"{dataset.name}: {method}", total=config.steps) if bar else None
+            prior.counter.reset()
+            t0 = time.perf_counter()
+            particles, curve, stats = optimise_particles(
+                dataset, method, config, prompt, lambdas, on_step=(lambda s: bar.advance(task)) if bar else None
+            )
+            wall = time.perf_counter() - t0
+            evaluations = prior.counter.evaluations
+            metrics = particle_metrics(prior, particles, reference, prompt, config.metrics.knn_k, bandwidth)
+            runs[method] = MethodRun(method, particles, metrics, curve, wall, evaluations, stats)
+        efficiency: list[dict] = []
+        if config.efficiency.enabled:
+            task = bar.add_task(f"{dataset.name}: efficiency", total=None) if bar else None
+            efficiency = _efficiency(prior, dataset, config, prompt)
+            if bar:
+                bar.update(task, total=1, completed=1)
+
+    results = {
+        "dataset": {
+            "name": dataset.name,
+            "components": prior.num_components,
+            "classes": prior.class_names,
+            "prompt": prompt,
+            "bounds": list(bounds),
+        },
+        "lambda_start": lambdas[0],
+        "lambda_end": lambdas[1],
+        "mmd_bandwidth": bandwidth,
+        "particles": n_particles,
+        "reference_samples": n_ref,
+        "reference_metrics": particle_metrics(
+            prior, prior.sample(n_ref, torch.Generator().manual_seed(config.seed + 2), prompt=prompt),
+            reference, prompt, config.metrics.knn_k, bandwidth,
+        ),
+        "methods": {
+            name: {
+                **r.metrics,
+                "wall_s": r.wall_s,
+                "denoiser_evaluations": r.evaluations,
+                "evaluations_per_particle_step": r.evaluations / (n_particles * config.steps),
+                "nll_curve": r.curve,
+                "final_stats": r.stats,
+            }
+            for name, r in runs.items()
+        },
+        "efficiency": efficiency,
+        "config": _config_dict(config),
+    }
+    if out_dir is not None:
+        write_outputs(Path(out_dir), results, runs, dataset, prompt, config)
+    return results
+
+
+def _efficiency(prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DConfig, prompt: str) -> list[dict]:
+    e = config.efficiency
+    gen = torch.Generator().manual_seed(config.seed + 3)
+    x0, x1, y0, y1 = dataset.bounds
+    u = torch.rand(e.points, 2, generator=gen, dtype=torch.float64)
+    points = torch.stack([x0 + (x1 - x0) * u[:, 0], y0 + (y1 - y0) * u[:, 1]], dim=1)
+    mask = prior.component_log_weights(prompt).isfinite()
+    width = float(torch.linalg.eigvalsh(prior.covs[mask])[:, 0].sqrt().median())
+    lambdas = [f * width for f in e.lambda_factors]
+    methods = {parse_method(m)[0] for m in config.methods}
+    rows = estimator_efficiency(
+        prior,
+        points,
+        prompt,
+        lambdas,
+        config.guidance.msd,
+        config.guidance.sds,
+        config.guidance.sdi,
+        kernels=e.kernels,
+        msd_sampler_steps=e.msd_sampler_steps,
+        msd_samples=e.msd_samples,
+        draws=e.draws,
+        methods=tuple(methods),
+        generator=gen,
+    )
+    for row in rows:
+        row["lambda_factor"] = row["lambda"] / width if row["method"] == "msd" else math.nan
+    return rows
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _progress(show: bool):
+    if not show:
+        return _NoBar()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _config_dict(config: Toy2DConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_figure(fig, path: Path, dpi: int = 110) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None so that results.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+METRIC_COLUMNS = (
+    ("nll", "NLL ↓", "{:.3f}"),
+    ("nll_median", "median NLL ↓", "{:.3f}"),
+    ("precision", "precision ↑", "{:.3f}"),
+    ("recall", "recall ↑", "{:.3f}"),
+    ("mmd", "MMD² ↓", "{:.4f}"),
+    ("mean_dist_to_mean", "dist. to mean ↓", "{:.3f}"),
+    ("on_mode", "on-mode ↑", "{:.1%}"),
+    ("wall_s", "time (s)", "{:.1f}"),
+    ("evaluations_per_particle_step", "evals/particle/step", "{:.0f}"),
+)
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """The particle metrics of one dataset as a markdown table (one row per method)."""
+    ds = results["dataset"]
+    lines = [
+        f"### {ds['name']} (prompt {ds['prompt']!r}, {ds['components']} components, {results['particles']} particles)",
+        "",
+        f"lambda {results['lambda_start']:.4g} → {results['lambda_end']:.4g}; MMD RBF bandwidth h = "
+        f"{results['mmd_bandwidth']:.4g}; precision/recall k = {results['config']['metrics']['knn_k']}; "
+        f"on-mode = Mahalanobis distance ≤ 3 to some component.",
+        "",
+        "| method | " + " | ".join(c[1] for c in METRIC_COLUMNS) + " |",
+        "|---|" + "---|" * len(METRIC_COLUMNS),
+    ]
+    rows = dict(results["methods"])
+    rows["(exact samples)"] = {**results["reference_metrics"], "wall_s": math.nan, "evaluations_per_particle_step": math.nan}
+    for name, m in rows.items():
+        cells = []
+        for key, _, fmt in METRIC_COLUMNS:
+            v = m.get(key)
+            cells.append("–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def efficiency_table(rows: Sequence[dict]) -> str:
+    """Estimator error versus denoiser evaluations per point, as markdown."""
+    if not rows:
+        return ""
+    lines = [
+        "| method | kernel | λ / width | sampler steps | draws | evals/point | rel. error vs exact m | ideal (exact q samples) | 1 − cos vs ∇log p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v: Any, fmt: str) -> str:
+        return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['kernel'] or '–'} | {f(r.get('lambda_factor'), '{:.2g}')} | {r['sampler_steps']} | "
+            f"{r['draws']} | {r['evaluations']:.0f} | {f(r['rel_error'], '{:.3g}')} | "
+            f"{f(r['ideal_rel_error'], '{:.3g}')} | {f(r['cos_error'], '{:.3g}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(
+    out_dir: Path,
+    results: dict[str, Any],
+    runs: dict[str, MethodRun],
+    dataset: Dataset2D,
+    prompt: str,
+    config: Toy2DConfig,
+) -> None:
+    """results.json, table.md and the PNG plots, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_particles(out_dir, runs, dataset, prompt, config)
+    plot_curves(out_dir / "nll_curves.png", runs, dataset.name)
+    if results["efficiency"]:
+        plot_efficiency(out_dir / "efficiency.png", results["efficiency"], dataset.name)
+    text = "# toy2d results\n\n" + results_table(results)
+    if results["efficiency"]:
+        text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(results["efficiency"])
+    atomic_write_text(out_dir / "table.md", text)
+    atomic_write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=1))
+
+
+def _density_image(prior: GaussianMixturePrior, bounds, prompt: str, res: int) -> Tensor:
+    x0, x1, y0, y1 = bounds
+    gx, gy = torch.meshgrid(
+        torch.linspace(x0, x1, res, dtype=torch.float64), torch.linspace(y0, y1, res, dtype=torch.float64), indexing="xy"
+    )
+    grid = torch.stack([gx, gy], dim=-1).reshape(-1, 2)
+    logp = torch.cat([prior.log_prob(chunk, prompt=prompt) for chunk in grid.split(16384)]).reshape(res, res)
+    return logp.clamp(min=float(logp.max()) - 10.0)
+
+
+def plot_particles(out_dir: Path, runs: dict[str, MethodRun], dataset: Dataset2D, prompt: str, config: Toy2DConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logp = _density_image(dataset.prior, dataset.bounds, prompt, config.plot_resolution).numpy()
+    start = grid_particles(dataset.bounds, config.grid).numpy()
+
+    def draw(ax, run: MethodRun) -> None:
+        ax.imshow(logp, origin="lower", extent=dataset.bounds, cmap="Greys", alpha=0.9)
+        ax.scatter(start[:, 0], start[:, 1], s=1, c="tab:blue", alpha=0.15, linewidths=0)
+        p = run.particles.numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=4, c="tab:orange", edgecolors="black", linewidths=0.2)
+        m = run.metrics
+        ax.set_title(f"{run.name}: NLL {m['nll']:.2f}, on-mode {m['on_mode']:.0%}", fontsize=9)
+        ax.set_xlim(dataset.bounds[0], dataset.bounds[1])
+        ax.set_ylim(dataset.bounds[2], dataset.bounds[3])
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for name, run in runs.items():
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        draw(ax, run)
+        atomic_save_figure(fig, out_dir / f"particles_{name}.png")
+        plt.close(fig)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.4), squeeze=False)
+    for ax, run in zip(axes[0], runs.values()):
+        draw(ax, run)
+    fig.suptitle(f"{dataset.name} (prompt {prompt!r}): final particles over log p", fontsize=10)
+    atomic_save_figure(fig, out_dir / "particles.png")
+    plt.close(fig)
+
+
+def plot_curves(path: Path, runs: dict[str, MethodRun], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, run in runs.items():
+        steps, nll = zip(*run.curve)
+        ax.plot(steps, nll, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean NLL of particles")
+    ax.set_yscale("symlog")
+    ax.set_title(title)
+    ax.legend()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_efficiency(path: Path, rows: Sequence[dict], title: str) -> None:
+    """Left: MSD's relative error against the exact mean shift per kernel and lambda (solid: the
+    default sampler steps, one line per steps setting); right: cosine error against grad log p for
+    every estimator. x axis: denoiser evaluations per point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
+    msd = [r for r in rows if r["method"] == "msd"]
+    colors = {"exp": "tab:red", "diffused": "tab:purple", "posterior": "tab:green"}
+    lambdas = sorted({r["lambda"] for r in msd})
+    styles = ["-", "--", ":", "-."]
+    steps_all = sorted({r["sampler_steps"] for r in msd})
+    markers = ["o", "s", "^", "D", "v"]
+    for i, lam in enumerate(lambdas):
+        for kernel in colors:
+            for j, n_steps in enumerate(steps_all):
+                pts = [r for r in msd if r["lambda"] == lam and r["kernel"] == kernel and r["sampler_steps"] == n_steps]
+                if not pts:
+                    continue
+                pts.sort(key=lambda r: r["evaluations"])
+                ev = [r["evaluations"] for r in pts]
+                label = f"{kernel}, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None
+                ax_m.plot(ev, [r["rel_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
+                          color=colors[kernel], label=label, alpha=0.85)
+                if kernel == "posterior" and i == 0:
+                    ax_c.plot(ev, [r["cos_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
+                              color=colors[kernel], alpha=0.85,
+                              label=f"msd posterior, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None)
+                if kernel == "exp" and i == 0:
+                    ax_c.plot(ev, [r["cos_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
+                              color=colors[kernel], alpha=0.85,
+                              label=f"msd exp, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None)
+    if msd:
+        ideal = [r for r in msd if r["lambda"] == lambdas[0] and r["kernel"] == "posterior" and r["sampler_steps"] == steps_all[-1]]
+        ideal.sort(key=lambda r: r["evaluations"])
+        ax_m.plot([r["evaluations"] for r in ideal], [r["ideal_rel_error"] for r in ideal], "k:", lw=1,
+                  label="exact-sample floor (λ smallest)")
+    for name, color in (("sds", "tab:blue"), ("sdi", "tab:orange")):
+        pts = sorted((r for r in rows if r["method"] == name), key=lambda r: r["evaluations"])
+        if pts:
+            ax_c.plot([r["evaluations"] for r in pts], [r["cos_error"] for r in pts], "-o", ms=3, color=color, label=name)
+    for ax, ylabel in ((ax_m, "relative error vs exact mean shift"), (ax_c, "1 − cos(estimate, ∇log p)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("denoiser evaluations per point")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6)
+    ax_m.set_title(f"{title}: MSD (markers: sampler steps {', '.join(map(str, steps_all))})", fontsize=9)
+    ax_c.set_title(f"{title}: direction error", fontsize=9)
+    atomic_save_figure(fig, path)
+    plt.close(fig)

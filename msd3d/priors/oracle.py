@@ -1,0 +1,260 @@
+"""The oracle prior: the ideal denoiser of a finite set of images, one set per camera.
+
+A prompt selects a catalogue family (:mod:`msd3d.priors.catalogue`); for each training view the
+family's variants are rendered at that view's exact camera, and the prior is the uniform mixture of
+those images (data space = images in [0, 1], so ``encode``/``decode`` are the identity). Its exact
+denoiser is the posterior mean over the images,
+
+    D(z, sigma) = sum_i softmax_i(log w_i - ||z - y_i||^2 / (2 sigma^2)) y_i,
+
+which makes an exact, weight-free, CPU-friendly text-to-3D prior whose modes (the variants) are
+known, so a finished run can be scored by how close it lands to one variant versus their blend.
+
+Classifier-free guidance: with ``unconditional="all_families"`` the unconditional branch is the
+mixture of every variant of every family at the same camera; the conditional payload then holds the
+same images with the other families masked out (log-weight -inf), so both branches concatenate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogue, match_family
+from msd3d.priors.schedule import VPSchedule
+from msd3d.render.cameras import Cameras
+
+UNCONDITIONAL_MODES = ("all_families", "none")
+
+#: PSNR is reported as at most this (an exact match would be infinite).
+MAX_PSNR = 100.0
+
+
+@dataclass
+class OracleConfig:
+    """Settings of the offline shape-catalogue prior (image size comes from the cameras)."""
+
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Solid background colour of the variant renders (RGB in [0, 1]); match the NeRF's."""
+    supersample: int = 2
+    """Rays per pixel along each axis when rendering variants (anti-aliasing)."""
+    max_steps: int = 64
+    """Sphere-tracing steps per ray."""
+    unconditional: str = "all_families"
+    """"all_families": the CFG branch is every variant of every family at the same camera;
+    "none": no unconditional branch (guidance scales are ignored; renders only the prompt's family)."""
+
+    def validate(self) -> None:
+        if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
+            raise ValueError("oracle.background must be three numbers in [0, 1]")
+        if self.supersample < 1:
+            raise ValueError("oracle.supersample must be at least 1")
+        if self.max_steps < 1:
+            raise ValueError("oracle.max_steps must be at least 1")
+        if self.unconditional not in UNCONDITIONAL_MODES:
+            raise ValueError(
+                f"oracle.unconditional must be one of {', '.join(UNCONDITIONAL_MODES)}, got {self.unconditional!r}"
+            )
+
+
+def ideal_denoiser(z: Tensor, sigma: Tensor, images: Tensor, log_weights: Tensor) -> Tensor:
+    """Posterior mean of a weighted set of images under Gaussian noise.
+
+    z: (B, *data); sigma: (B,); images: (B, V, *data); log_weights: (B, V) (-inf masks an entry).
+    Returns (B, *data). The logits ``log w_i + (<z, y_i> - ||y_i||^2 / 2) / sigma^2`` drop the
+    ``||z||^2`` term common to all i and are formed in float64: at sigma ~ 0.03 and thousands of
+    pixels they reach ~1e6, where float32 would lose the differences that pick the winner.
+    """
+    b = z.shape[0]
+    v = images.shape[1]
+    zf = z.reshape(b, -1).double()
+    yf = images.reshape(b, v, -1).double()
+    dots = torch.bmm(yf, zf.unsqueeze(-1)).squeeze(-1)  # (B, V)
+    sq = yf.pow(2).sum(-1)  # (B, V)
+    var = sigma.double().reshape(b).pow(2).clamp_min(1e-12)
+    logits = log_weights.double() + (dots - 0.5 * sq) / var.unsqueeze(-1)
+    weights = torch.softmax(logits, dim=1)  # (B, V)
+    out = torch.bmm(weights.unsqueeze(1), yf).squeeze(1)
+    return out.reshape(z.shape).to(z.dtype)
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR (dB) of images in [0, 1], capped at :data:`MAX_PSNR`."""
+    if mse <= 10 ** (-MAX_PSNR / 10):
+        return MAX_PSNR
+    return -10.0 * math.log10(mse)
+
+
+def score_renders(
+    renders: Tensor,
+    cameras: Cameras,
+    family: Family | str,
+    background: Sequence[float] | float = 1.0,
+    supersample: int = 2,
+    max_steps: int = 64,
+) -> dict[str, Any]:
+    """Compare finished renders with every variant of a family at the same cameras.
+
+    renders: (N, 3, H, W) in [0, 1] (albedo, same background as the oracle); cameras: N cameras
+    (rendered at the renders' size); family: a :class:`Family`, its name or a prompt.
+    Returns ``mode_psnr`` (PSNR over all views to the single variant nearest over all views),
+    ``blend_psnr`` (to the variants' per-view average image, what a mean-seeking run converges to),
+    ``nearest_variant``, ``variant_psnr`` ({name: PSNR}), ``mode_mse``, ``blend_mse`` and
+    ``mode_minus_blend_db``. PSNRs are capped at 100 dB.
+    """
+    if isinstance(family, str):
+        family = match_family(family)
+    if renders.ndim != 4 or renders.shape[1] != 3:
+        raise ValueError(f"renders must be (N, 3, H, W), got {tuple(renders.shape)}")
+    if len(cameras) != renders.shape[0]:
+        raise ValueError(f"{renders.shape[0]} renders but {len(cameras)} cameras")
+    h, w = renders.shape[-2:]
+    cams = cameras.with_resolution(h, w).to(renders.device)
+    with torch.no_grad():
+        variants = family.render(cams, background=background, supersample=supersample, max_steps=max_steps)
+        x = renders.detach().float().unsqueeze(1)  # (N, 1, 3, H, W)
+        per_variant = (x - variants).pow(2).mean(dim=(0, 2, 3, 4))  # (V,)
+        blend = (x.squeeze(1) - variants.mean(1)).pow(2).mean()
+    best = int(per_variant.argmin())
+    mode_mse, blend_mse = float(per_variant[best]), float(blend)
+    mode_psnr, blend_psnr = psnr_from_mse(mode_mse), psnr_from_mse(blend_mse)
+    return {
+        "family": family.name,
+        "nearest_variant": family.variant_names[best],
+        "mode_psnr": mode_psnr,
+        "blend_psnr": blend_psnr,
+        "mode_minus_blend_db": mode_psnr - blend_psnr,
+        "mode_mse": mode_mse,
+        "blend_mse": blend_mse,
+        "variant_psnr": {n: psnr_from_mse(float(m)) for n, m in zip(family.variant_names, per_variant)},
+    }
+
+
+class OraclePrior(DiffusionPrior):
+    """Exact prior over the catalogue renders at each training camera (see module docstring)."""
+
+    def __init__(
+        self,
+        config: OracleConfig | None = None,
+        device: torch.device | str = "cpu",
+        catalogue: Mapping[str, Family] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or OracleConfig()
+        self.config.validate()
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.schedule = VPSchedule.scaled_linear()
+        self.catalogue = dict(CATALOGUE if catalogue is None else catalogue)
+        # the order of variants in "all_families" payloads: family after family
+        self._slices: dict[str, slice] = {}
+        start = 0
+        for name, fam in self.catalogue.items():
+            self._slices[name] = slice(start, start + len(fam))
+            start += len(fam)
+        self.num_variants = start
+
+    # -- catalogue ---------------------------------------------------------------------------
+    def family_for(self, prompt: str) -> Family:
+        """The family a prompt names (view suffixes, case, articles and adjectives ignored);
+        raises :class:`~msd3d.errors.Msd3dError` listing the families when none matches."""
+        return match_family(prompt, self.catalogue)
+
+    def list_catalogue(self) -> list[dict]:
+        return list_catalogue(self.catalogue)
+
+    def render_family(self, family: Family | str, cameras: Cameras) -> Tensor:
+        """All variants of a family at each camera: (B, V, 3, H, W) on the cameras' device."""
+        if isinstance(family, str):
+            family = self.family_for(family)
+        c = self.config
+        with torch.no_grad():
+            return family.render(cameras, background=c.background, supersample=c.supersample, max_steps=c.max_steps)
+
+    # -- conditioning ------------------------------------------------------------------------
+    def condition(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        cameras: Cameras | None = None,
+    ) -> Condition:
+        """Render, for each sample, its family's variants at its camera.
+
+        Payload: ``{"images": (B, V, 3, H, W), "log_weights": (B, V)}``. With
+        ``unconditional="all_families"`` V counts every catalogue variant and the conditional
+        log-weights mask out other families; the unconditional payload weights all families
+        equally, or only the negative prompt's family when it names one.
+        """
+        prompts = list(prompts)
+        batch = len(prompts)
+        if cameras is None:
+            raise ValueError("the oracle prior renders at the training cameras: pass cameras=")
+        if len(cameras) == 1 and batch > 1:
+            cameras = cameras[torch.zeros(batch, dtype=torch.long)]
+        if len(cameras) != batch:
+            raise ValueError(f"{batch} prompts but {len(cameras)} cameras")
+        families = [self.family_for(p) for p in prompts]
+        cameras = cameras.to(self.device)
+        if self.config.unconditional == "none":
+            cond = self._family_payload(families, cameras)
+            return Condition(cond=cond, uncond=None, batch_size=batch, prompts=prompts)
+        images = torch.cat([self.render_family(f, cameras) for f in self.catalogue.values()], dim=1)
+        cond_w = torch.stack([self._log_weights([f]) for f in families])
+        negative = find_family(negative_prompt, self.catalogue) if negative_prompt.strip() else None
+        uncond_fams = [negative] if negative is not None else list(self.catalogue.values())
+        uncond_w = self._log_weights(uncond_fams).expand(batch, -1)
+        return Condition(
+            cond={"images": images, "log_weights": cond_w},
+            uncond={"images": images, "log_weights": uncond_w.clone()},
+            batch_size=batch,
+            prompts=prompts,
+        )
+
+    def _log_weights(self, families: Sequence[Family]) -> Tensor:
+        """(V_all,) log-weights: families equally likely, variants equally likely within each."""
+        w = torch.full((self.num_variants,), -math.inf, device=self.device, dtype=torch.float64)
+        for f in families:
+            w[self._slices[f.name]] = -math.log(len(families)) - math.log(len(f))
+        return w
+
+    def _family_payload(self, families: Sequence[Family], cameras: Cameras) -> dict[str, Tensor]:
+        """Only each sample's own family, padded to the largest V with masked (-inf) entries."""
+        batch, h, w = len(families), cameras.height, cameras.width
+        v_max = max(len(f) for f in families)
+        images = torch.zeros(batch, v_max, 3, h, w, device=self.device)
+        log_w = torch.full((batch, v_max), -math.inf, device=self.device, dtype=torch.float64)
+        for name in dict.fromkeys(f.name for f in families):
+            fam = self.catalogue[name]
+            rows = torch.tensor([i for i, f in enumerate(families) if f.name == name], device=self.device)
+            images[rows, : len(fam)] = self.render_family(fam, cameras[rows])
+            log_w[rows, : len(fam)] = -math.log(len(fam))
+        return {"images": images, "log_weights": log_w}
+
+    # -- denoising ---------------------------------------------------------------------------
+    def denoise_raw(self, z: Tensor, sigma: Tensor, payload: Mapping[str, Tensor]) -> Tensor:
+        """Exact posterior mean ``E[y | z]`` over the payload's images; z (B, 3, H, W), sigma (B,)."""
+        images = payload["images"]
+        if images.shape[0] != z.shape[0] or images.shape[2:] != z.shape[1:]:
+            raise ValueError(
+                f"z {tuple(z.shape)} does not match the condition's images {tuple(images.shape)}: "
+                "condition on cameras with the render's resolution"
+            )
+        return ideal_denoiser(z, sigma, images, payload["log_weights"])
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, renders: Tensor, cameras: Cameras, prompt: str) -> dict[str, Any]:
+        """:func:`score_renders` with this prior's background and rendering settings."""
+        c = self.config
+        return score_renders(
+            renders, cameras, self.family_for(prompt), c.background, c.supersample, c.max_steps
+        )
+
+    def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
+        """Score a finished run's turntable renders (N, 3, H, W) against the prompt's variants."""
+        return self.score(renders, cameras, prompt)
