@@ -66,5 +66,5 @@ def write_turntable(
     renderer: VolumeRenderer, config: VideoConfig, path: Path, shading: str = "albedo", show_progress: bool = True
 ) -> dict[str, Any]:
     frames = render_turntable(turntable_render_fn(renderer, shading), config, show_progress=show_progress)
-    write_video(frames, path, fps=config.fps)
+    write_video(frames, path, fps=config.fps, quality=config.quality)
     return {"file": str(path), "frames": int(len(frames)), "size": [int(frames.shape[1]), int(frames.shape[2])]}

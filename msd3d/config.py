@@ -8,7 +8,8 @@ each module's ``validate()`` then checks ranges.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+import dataclasses
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,18 +94,18 @@ class RunConfig:
     """Run directory; empty means ``outputs/<prompt-slug>-<seed>``."""
     view_dependent_prompts: bool = True
     """Append ", front view" / ", side view" / ... to the prompt per camera (DreamFusion)."""
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    field: FieldConfig = field(default_factory=FieldConfig)
-    background: BackgroundConfig = field(default_factory=BackgroundConfig)
-    shading: ShadingConfig = field(default_factory=ShadingConfig)
-    render: RenderConfig = field(default_factory=RenderConfig)
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    regularisers: RegulariserConfig = field(default_factory=RegulariserConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    mesh: MeshExportConfig = field(default_factory=MeshExportConfig)
-    video: VideoConfig = field(default_factory=VideoConfig)
+    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+    shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    regularisers: RegulariserConfig = dataclasses.field(default_factory=RegulariserConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    mesh: MeshExportConfig = dataclasses.field(default_factory=MeshExportConfig)
+    video: VideoConfig = dataclasses.field(default_factory=VideoConfig)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -119,12 +119,13 @@ def run_gmm(args) -> list[Row]:
     prior = gmm_prior()
     x = torch.randn(args.gmm_batch, 2, generator=torch.Generator().manual_seed(0)) * 2
     cond = prior.condition(["a"] * args.gmm_batch)
-    return bench_guidance(f"gmm-2d (B={args.gmm_batch})", prior, x, cond, guidance_config(args), args.warmup, args.repeats)
+    label = f"gmm-2d (B={args.gmm_batch})"
+    return bench_guidance(label, prior, x, cond, guidance_config(args), args.warmup, args.repeats)
 
 
 def run_sd(arch: str, args, device: torch.device) -> tuple[list[Row], dict]:
-    import diffusers  # noqa: F401  (imported before the build timer starts)
-    import transformers  # noqa: F401
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401  (imported before the build timer)
+    from transformers import CLIPTextModel  # noqa: F401
 
     from msd3d.priors.sd_architectures import build_random_components
     from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior, resolve_dtype
@@ -214,7 +215,9 @@ def print_table(rows: list[Row], extras: list[dict], title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", action="append", choices=["tiny", "sd21"], help="SD architectures (repeatable; default tiny)")
+    parser.add_argument(
+        "--arch", action="append", choices=["tiny", "sd21"], help="SD architectures (repeatable; default tiny)"
+    )
     parser.add_argument("--no-gmm", action="store_true", help="skip the 2-D Gaussian mixture")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
@@ -261,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "warmup": args.warmup,
             "repeats": args.repeats,
-            "rows": [asdict(r) | {"ms_per_call": r.ms_per_call, "ms_per_evaluation": r.ms_per_evaluation} for r in rows],
+            "rows": [
+                asdict(r) | {"ms_per_call": r.ms_per_call, "ms_per_evaluation": r.ms_per_evaluation} for r in rows
+            ],
             "sd": extras,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

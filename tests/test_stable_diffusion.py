@@ -38,7 +38,8 @@ def prior(folder):
 
 @pytest.fixture(scope="module")
 def vprior(tmp_path_factory):
-    folder = save_random_pipeline("tiny", tmp_path_factory.mktemp("sd") / "tiny-v", seed=1, prediction_type="v_prediction")
+    folder = tmp_path_factory.mktemp("sd") / "tiny-v"
+    save_random_pipeline("tiny", folder, seed=1, prediction_type="v_prediction")
     return StableDiffusionPrior(StableDiffusionConfig(model=str(folder), render_size=RENDER), device="cpu")
 
 
@@ -105,7 +106,8 @@ def test_sigma_timestep_round_trip(prior):
     # on the training steps sigma is exactly sqrt((1 - alpha_bar) / alpha_bar), i.e. alpha_bar = 1/(1+sigma^2)
     steps = torch.tensor([0.0, 10.0, 999.0])
     ac = prior.schedule.alphas_cumprod[steps.long()]
-    torch.testing.assert_close(prior.schedule.sigma_from_timestep(steps).double(), ((1 - ac) / ac).sqrt(), rtol=1e-5, atol=0)
+    on_steps = prior.schedule.sigma_from_timestep(steps).double()
+    torch.testing.assert_close(on_steps, ((1 - ac) / ac).sqrt(), rtol=1e-5, atol=0)
     nearest = StableDiffusionPrior.from_components(
         **build_random_components("tiny"), config=StableDiffusionConfig(timestep_mapping="nearest"), device="cpu"
     )

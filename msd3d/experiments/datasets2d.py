@@ -38,7 +38,10 @@ Bounds = tuple[float, float, float, float]
 
 @dataclass
 class Dataset2D:
-    """A named 2-D mixture with the canvas it is shown (and the particle grid laid out) on."""
+    """A named 2-D mixture with the canvas it is shown (and the particle grid laid out) on.
+
+    ``bounds`` frames the components of the default ``prompt`` (:func:`canvas_bounds`).
+    """
 
     name: str
     prior: GaussianMixturePrior
@@ -77,10 +80,12 @@ def _chain_along_curve(
     return means, covs, weights
 
 
-def canvas_bounds(prior: GaussianMixturePrior, margin: float = 0.15) -> Bounds:
-    """A square canvas holding every component's 3-sigma ellipse, padded by ``margin`` of its size."""
-    means = prior.means.numpy()
-    reach = 3.0 * prior.component_scale().numpy()[:, None]
+def canvas_bounds(prior: GaussianMixturePrior, prompt: str = "", margin: float = 0.15) -> Bounds:
+    """A square canvas holding the 3-sigma ellipse of every component the prompt selects (all for
+    ""), padded by ``margin`` of its size."""
+    mask = prior.component_log_weights(prompt).isfinite()
+    means = prior.means[mask].numpy()
+    reach = 3.0 * prior.component_scale()[mask].numpy()[:, None]
     lo = (means - reach).min(0)
     hi = (means + reach).max(0)
     centre = (lo + hi) / 2
@@ -91,7 +96,7 @@ def canvas_bounds(prior: GaussianMixturePrior, margin: float = 0.15) -> Bounds:
 # -- the datasets ---------------------------------------------------------------------------------
 def fractal(
     depth: int = 5,
-    components_per_branch: int = 6,
+    components_per_branch: int = 4,
     trunk_length: float = 1.3,
     trunk_width: float = 0.06,
     seed: int = 0,
@@ -141,7 +146,7 @@ def fractal(
     )
 
 
-def spiral(turns: float = 2.0, components: int = 48, r_min: float = 0.3, r_max: float = 2.4, width: float = 0.07) -> GaussianMixturePrior:
+def spiral(turns: float = 2.0, components: int = 80, r_min: float = 0.3, r_max: float = 2.4, width: float = 0.07) -> GaussianMixturePrior:
     """An Archimedean spiral ``r = r_min + (r_max - r_min) theta / (2 pi turns)`` as a chain of
     ``components`` Gaussians equally spaced in arc length, ``width`` thick."""
     if components < 3 or turns <= 0 or not 0 <= r_min < r_max or width <= 0:
@@ -196,7 +201,7 @@ def load_dataset(name: str, gmm_path: Path | str | None = None) -> Dataset2D:
         raise Msd3dError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or pass --gmm FILE")
     make, prompt = DATASETS[name]
     prior = make()
-    return Dataset2D(name=name, prior=prior, bounds=canvas_bounds(prior), prompt=prompt)
+    return Dataset2D(name=name, prior=prior, bounds=canvas_bounds(prior, prompt), prompt=prompt)
 
 
 # -- mixtures from files --------------------------------------------------------------------------

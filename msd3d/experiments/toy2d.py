@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from msd3d.errors import Msd3dError
-from msd3d.experiments.datasets2d import DATASETS, Dataset2D, load_dataset
+from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
 from msd3d.guidance.base import SCHEDULE_KINDS, interpolate, progress
@@ -71,20 +71,31 @@ def toy_guidance_defaults() -> GuidanceConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam on the particles, with the learning rate annealed from ``lr`` to ``lr_end``."""
+    """Adam on the particles, the learning rate annealed from ``lr`` to ``lr_end`` (data units per step).
 
-    lr: float = 0.05
-    lr_end: float = 0.002
+    Adam moves each coordinate by about ``lr`` per step whatever the gradient's scale, so the
+    learning rate is a step length: by default it is tied to the canvas, ``lr = 3 %`` of its width
+    (enough for a particle to cross the canvas in the run) down to ``lr_end = lr / 30`` (well below
+    the thinnest component, so particles settle instead of jittering).
+    """
+
+    lr: float | None = None
+    lr_end: float | None = None
     lr_schedule: str = "log_linear"
     betas: tuple[float, float] = (0.9, 0.99)
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.lr_end <= 0:
+        if (self.lr is not None and self.lr <= 0) or (self.lr_end is not None and self.lr_end <= 0):
             raise ValueError("optim.lr and optim.lr_end must be positive")
         if self.lr_schedule not in SCHEDULE_KINDS:
             raise ValueError(f"optim.lr_schedule must be one of {', '.join(SCHEDULE_KINDS)}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("optim.betas must be in [0, 1)")
+
+    def resolve(self, canvas_width: float) -> tuple[float, float]:
+        """(lr, lr_end) with the canvas-relative defaults filled in."""
+        lr = self.lr if self.lr is not None else 0.03 * canvas_width
+        return lr, self.lr_end if self.lr_end is not None else lr / 30
 
 
 @dataclass
@@ -141,8 +152,8 @@ class Toy2DConfig:
     prompt: str | None = None
     """Class prompt; None = the dataset's default ("orange" for fractal, "" otherwise)."""
     methods: tuple[str, ...] = BASE_METHODS
-    steps: int = 300
-    grid: int = 24
+    steps: int = 200
+    grid: int = 20
     """Particles start on a grid x grid lattice over the canvas."""
     seed: int = 0
     lambda_start: float | None = None
@@ -229,8 +240,12 @@ def optimise_particles(
     lambdas: tuple[float, float],
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[Tensor, list[tuple[int, float]], dict[str, float]]:
-    """Run one guidance method on the grid particles; returns (particles (N, 2), NLL curve, last stats)."""
+    """Run one guidance method on the grid particles; returns (particles (N, 2), NLL curve, last stats).
+
+    ``dataset.bounds`` is the canvas the grid covers; ``lambdas`` is MSD's (start, end) bandwidth.
+    """
     prior = dataset.prior
+    lr, lr_end = config.optim.resolve(dataset.bounds[1] - dataset.bounds[0])
     base, overrides = parse_method(method)
     gcfg = config.guidance
     if base == "msd":
@@ -241,14 +256,14 @@ def optimise_particles(
 
     x = grid_particles(dataset.bounds, config.grid).requires_grad_(True)
     cond = prior.condition([prompt] * len(x))
-    opt = torch.optim.Adam([x], lr=config.optim.lr, betas=config.optim.betas)
+    opt = torch.optim.Adam([x], lr=lr, betas=config.optim.betas)
     record_at = {round(i * (config.steps - 1) / (config.curve_points - 1)) for i in range(config.curve_points)}
     curve: list[tuple[int, float]] = []
     stats: dict[str, float] = {}
     for step in range(config.steps):
         frac = progress(step, config.steps)
         for group in opt.param_groups:
-            group["lr"] = interpolate(config.optim.lr, config.optim.lr_end, frac, config.optim.lr_schedule)
+            group["lr"] = interpolate(lr, lr_end, frac, config.optim.lr_schedule)
         if step in record_at:
             curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
         out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)
@@ -287,6 +302,8 @@ def run_toy2d(
         raise Msd3dError(f"invalid prompt for dataset {dataset.name!r}: {err}") from None
     if prior.dim != 2:
         raise Msd3dError(f"toy2d needs a 2-D mixture, but {dataset.name!r} is {prior.dim}-D")
+    if prompt != dataset.prompt:
+        dataset = replace(dataset, bounds=canvas_bounds(prior, prompt), prompt=prompt)
     auto = auto_lambdas(prior, prompt)
     lambdas = (config.lambda_start or auto[0], config.lambda_end or auto[1])
 
@@ -327,6 +344,8 @@ def run_toy2d(
         },
         "lambda_start": lambdas[0],
         "lambda_end": lambdas[1],
+        "lr": config.optim.resolve(canvas_width)[0],
+        "lr_end": config.optim.resolve(canvas_width)[1],
         "mmd_bandwidth": bandwidth,
         "particles": n_particles,
         "reference_samples": n_ref,

@@ -99,7 +99,8 @@ class MeshExportConfig:
                 try:
                     float(self.threshold)
                 except ValueError:
-                    raise ValueError(f'mesh.threshold must be "auto" or a positive number, got {self.threshold!r}') from None
+                    message = f'mesh.threshold must be "auto" or a positive number, got {self.threshold!r}'
+                    raise ValueError(message) from None
         if self.threshold != "auto" and not float(self.threshold) > 0:
             raise ValueError(f"mesh.threshold must be positive (densities are >= 0), got {self.threshold}")
         if self.keep_components < 0:
@@ -114,7 +115,9 @@ class MeshExportConfig:
             raise ValueError("mesh.texture_max_faces must be at least 4")
         unknown = [f for f in self.formats if f.lower().lstrip(".") not in MESH_FORMATS]
         if unknown or not self.formats:
-            raise ValueError(f"mesh.formats must be a non-empty subset of {list(MESH_FORMATS)}, got {list(self.formats)}")
+            raise ValueError(
+                f"mesh.formats must be a non-empty subset of {list(MESH_FORMATS)}, got {list(self.formats)}"
+            )
         if self.chunk_size < 1:
             raise ValueError("mesh.chunk_size must be at least 1")
 

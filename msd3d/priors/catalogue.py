@@ -23,10 +23,12 @@ from torch import Tensor
 from msd3d.errors import Msd3dError
 from msd3d.priors.shapes import (
     SDFField,
+    XYZ,
     euler_matrix,
+    frustum_from_radial,
+    length2,
     mirror_xy,
     mirror_y,
-    op_intersect,
     op_smooth_union,
     op_subtract,
     op_union,
@@ -34,17 +36,17 @@ from msd3d.priors.shapes import (
     ray_box,
     rotate_y,
     sd_box,
-    sd_capped_cone,
     sd_capsule,
     sd_cylinder,
     sd_ellipsoid,
+    sd_frustum,
     sd_gable,
     sd_sphere,
     sd_torus,
+    single_thread,
     sphere_trace,
     switch,
     translate,
-    vec3,
 )
 from msd3d.render.cameras import Cameras
 
@@ -52,18 +54,18 @@ RGB = tuple[float, float, float]
 
 
 class ParamView:
-    """Named columns of a per-point parameter table: ``P["radius"]`` is (N,)."""
+    """Named per-point shape parameters: ``P["radius"]`` is a contiguous (N,) tensor."""
 
-    def __init__(self, rows: Tensor, layout: Mapping[str, int]) -> None:
-        self.rows = rows  # (N, P)
+    def __init__(self, columns: Tensor, layout: Mapping[str, int]) -> None:
+        self.columns = columns.unbind(0)  # columns: (P, N)
         self.layout = layout
 
     def __getitem__(self, name: str) -> Tensor:
-        return self.rows[:, self.layout[name]]
+        return self.columns[self.layout[name]]
 
 
-#: template(points_local (N, 3), params) -> part distances (N, K)
-Template = Callable[[Tensor, ParamView], Tensor]
+#: template(points (x, y, z) each (N,), params) -> one distance (N,) per part, in ``parts`` order
+Template = Callable[[XYZ, ParamView], Sequence[Tensor]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class Family:
         defaults: Mapping[str, float],
         variants: Sequence[VariantSpec],
         bound: float = 0.65,
+        derive: Callable[[dict[str, float]], dict[str, float]] | None = None,
     ) -> None:
         self.name = name
         self.synonyms = tuple(synonyms)
@@ -109,21 +112,22 @@ class Family:
         self.defaults = dict(defaults)
         self.variants = tuple(variants)
         self.bound = bound
-        self.layout = {k: i for i, k in enumerate(self.defaults)}
         rows, colors, rotations, offsets = [], [], [], []
         for spec in self.variants:
             unknown = set(spec.params) - set(self.defaults)
             if unknown:
                 raise KeyError(f"{name}/{spec.name}: unknown parameters {sorted(unknown)}")
-            missing = set(self.parts) - set(spec.colors)
-            if missing or set(spec.colors) - set(self.parts):
+            if set(spec.colors) != set(self.parts):
                 raise KeyError(f"{name}/{spec.name}: colours must name exactly the parts {self.parts}")
             values = {**self.defaults, **spec.params}
-            rows.append([float(values[k]) for k in self.defaults])
+            if derive is not None:  # parameters computed from the others (e.g. where a scarf sits)
+                values.update(derive(values))
+            self.layout = {k: i for i, k in enumerate(values)}
+            rows.append([float(values[k]) for k in values])
             colors.append([spec.colors[k] for k in self.parts])
             rotations.append(euler_matrix(spec.pose.yaw, spec.pose.pitch, spec.pose.roll))
             offsets.append(spec.pose.offset)
-        self.table = torch.tensor(rows, dtype=torch.float32)  # (V, P)
+        self.params = torch.tensor(rows, dtype=torch.float32).T.contiguous()  # (P, V)
         self.colors = torch.tensor(colors, dtype=torch.float32)  # (V, K, 3)
         self.rotations = torch.stack(rotations)  # (V, 3, 3) local -> world
         self.offsets = torch.tensor(offsets, dtype=torch.float32)  # (V, 3)
@@ -132,7 +136,7 @@ class Family:
         return len(self.variants)
 
     def __repr__(self) -> str:
-        return f"Family({self.name!r}, variants={[v.name for v in self.variants]})"
+        return f"Family({self.name!r}, variants={self.variant_names})"
 
     @property
     def variant_names(self) -> list[str]:
@@ -158,18 +162,19 @@ class Family:
         return Shape(self, self.variant_index(variant))
 
     # -- evaluation in local coordinates ------------------------------------------------------
-    def part_distances(self, points: Tensor, rows: Tensor) -> Tensor:
-        """Local points (N, 3) with their parameter rows (N, P) -> part distances (N, K)."""
-        return self.template(points, ParamView(rows, self.layout))
+    def local_distance(self, points: XYZ, params: Tensor) -> Tensor:
+        """Local points (x, y, z) each (N,) with parameter columns (P, N) -> signed distance (N,)."""
+        return op_union(*self.template(points, ParamView(params, self.layout)))
 
-    def local_distance(self, points: Tensor, rows: Tensor) -> Tensor:
-        """Local points (N, 3), parameter rows (N, P) -> signed distance (N,)."""
-        return self.part_distances(points, rows).amin(-1)
+    def local_part(self, points: XYZ, params: Tensor) -> Tensor:
+        """Index (N,) of the nearest part at each local point."""
+        return torch.stack(list(self.template(points, ParamView(params, self.layout))), dim=-1).argmin(-1)
 
-    def local_albedo(self, points: Tensor, rows: Tensor, colors: Tensor) -> Tensor:
-        """Colour of the nearest part: points (N, 3), rows (N, P), colours (N, K, 3) -> (N, 3)."""
-        part = self.part_distances(points, rows).argmin(-1)
-        return colors.gather(1, part[:, None, None].expand(-1, 1, 3)).squeeze(1)
+    def local_albedo(self, points: XYZ, params: Tensor, variant: Tensor, colors: Tensor) -> Tensor:
+        """Colour (N, 3) of the nearest part; variant (N,) indexes ``colors`` (V, K, 3)."""
+        part = self.local_part(points, params)
+        k = colors.shape[1]
+        return colors.reshape(-1, 3).index_select(0, variant * k + part)
 
     # -- rendering --------------------------------------------------------------------------
     def render(
@@ -178,7 +183,7 @@ class Family:
         variants: Sequence[int | str] | None = None,
         background: Sequence[float] | float = 1.0,
         supersample: int = 2,
-        max_steps: int = 64,
+        max_steps: int = 32,
     ) -> Tensor:
         """Flat-albedo images of the variants seen by each camera: (B, V, 3, H, W) in [0, 1].
 
@@ -191,43 +196,51 @@ class Family:
             raise ValueError("supersample must be at least 1")
         device = cameras.device
         b, h, w, s, v = len(cameras), cameras.height, cameras.width, supersample, len(vids)
-        cams = cameras.with_resolution(h * s, w * s)
-        origins, dirs = cams.rays()  # (B, Hs, Ws, 3)
-        rot = self.rotations[vids].to(device)  # (V, 3, 3)
-        off = self.offsets[vids].to(device)  # (V, 3)
-        # local = R^T (world - offset), written with row vectors as world @ R - offset @ R
-        o_local = torch.einsum("bhwj,vji->bvhwi", origins, rot) - (off[:, None, :] @ rot)[None, :, :, None, :]
-        d_local = torch.einsum("bhwj,vji->bvhwi", dirs, rot)
-        pixel = (2.0 * torch.tan(0.5 * cameras.fovy.to(device)) / (h * s))  # (B,) rad per pixel
-        pixel = pixel[:, None, None, None].expand(b, v, h * s, w * s).reshape(-1)
-        ray_variant = torch.arange(v, device=device)[None, :, None, None].expand(b, v, h * s, w * s).reshape(-1)
-        o_local, d_local = o_local.reshape(-1, 3), d_local.reshape(-1, 3)
+        with torch.no_grad(), single_thread(device):
+            cams = cameras.with_resolution(h * s, w * s)
+            origins, dirs = cams.rays()  # (B, Hs, Ws, 3)
+            vsel = torch.tensor(vids, device=device)
+            rot = self.rotations.to(device).index_select(0, vsel)  # (V, 3, 3)
+            off = self.offsets.to(device).index_select(0, vsel)  # (V, 3)
+            # local = R^T (world - offset), with row vectors: world @ R - offset @ R
+            o_local = torch.einsum("bhwj,vji->bvhwi", origins, rot) - (off[:, None, :] @ rot)[None, :, :, None, :]
+            d_local = torch.einsum("bhwj,vji->bvhwi", dirs, rot)
+            pixel = 2.0 * torch.tan(0.5 * cameras.fovy.to(device)) / (h * s)  # (B,) radians per pixel
+            pixel = pixel[:, None, None, None].expand(b, v, h * s, w * s).reshape(-1)
+            ray_variant = torch.arange(v, device=device)[None, :, None, None].expand(b, v, h * s, w * s).reshape(-1)
+            o_local, d_local = o_local.reshape(-1, 3), d_local.reshape(-1, 3)
 
-        bg = _background(background, device)
-        image = bg.expand(o_local.shape[0], 3).clone()
-        t_near, t_far, crosses = ray_box(o_local, d_local, self.bound)
-        sel = crosses.nonzero().squeeze(-1)
-        if sel.numel() > 0:
-            table = self.table[vids].to(device)
-            colors = self.colors[vids].to(device)
-            rv = ray_variant[sel]
-
-            def sdf(p: Tensor, idx: Tensor) -> Tensor:
-                return self.local_distance(p, table[rv[idx]])
-
-            res = sphere_trace(
-                o_local[sel], d_local[sel], sdf, t_near[sel], t_far[sel], pixel[sel], max_steps=max_steps
-            )
-            seen = (res.coverage > 0).nonzero().squeeze(-1)
-            if seen.numel() > 0:
-                rs = rv[seen]
-                col = self.local_albedo(res.points[seen], table[rs], colors[rs])
-                cov = res.coverage[seen, None]
-                image[sel[seen]] = cov * col + (1.0 - cov) * bg
-        image = image.reshape(b * v, h * s, w * s, 3).permute(0, 3, 1, 2)
-        if s > 1:
-            image = F.avg_pool2d(image, s)
-        return image.reshape(b, v, 3, h, w).clamp(0.0, 1.0)
+            bg = _background(background, device)
+            image = bg.expand(o_local.shape[0], 3).clone()
+            t_near, t_far, crosses = ray_box(o_local, d_local, self.bound)
+            sel = crosses.nonzero().squeeze(-1)
+            t_start = t_near.index_select(0, sel)
+            t_far = t_far.index_select(0, sel)
+            if sel.numel() > 0:
+                params = self.params.to(device).index_select(1, vsel)  # (P, V)
+                colors = self.colors.to(device).index_select(0, vsel)  # (V, K, 3)
+                rv = ray_variant.index_select(0, sel)
+                res = sphere_trace(
+                    o_local.index_select(0, sel),
+                    d_local.index_select(0, sel),
+                    self.local_distance,
+                    t_start,
+                    t_far,
+                    pixel.index_select(0, sel),
+                    ray_data=params.index_select(1, rv),
+                    max_steps=max_steps,
+                )
+                seen = (res.coverage > 0).nonzero().squeeze(-1)
+                if seen.numel() > 0:
+                    rs = rv.index_select(0, seen)
+                    pts = res.points.index_select(0, seen).T.contiguous().unbind(0)
+                    col = self.local_albedo(pts, params.index_select(1, rs), rs, colors)
+                    cov = res.coverage.index_select(0, seen).unsqueeze(-1)
+                    image.index_copy_(0, sel.index_select(0, seen), cov * col + (1.0 - cov) * bg)
+            image = image.reshape(b * v, h * s, w * s, 3).permute(0, 3, 1, 2)
+            if s > 1:
+                image = F.avg_pool2d(image, s)
+            return image.reshape(b, v, 3, h, w).clamp(0.0, 1.0)
 
 
 class Shape:
@@ -249,28 +262,32 @@ class Shape:
     def __repr__(self) -> str:
         return f"Shape({self.family.name}/{self.name})"
 
-    def _local(self, points: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+    def _local(self, points: Tensor) -> tuple[XYZ, Tensor, tuple[int, ...]]:
         lead = points.shape[:-1]
         p = points.reshape(-1, 3).float()
         rot = self.family.rotations[self.index].to(p.device)
         off = self.family.offsets[self.index].to(p.device)
-        local = (p - off) @ rot
-        rows = self.family.table[self.index].to(p.device).expand(local.shape[0], -1)
-        return local, rows, lead
+        local = ((p - off) @ rot).T.contiguous().unbind(0)
+        params = self.family.params[:, self.index : self.index + 1].to(p.device).expand(-1, p.shape[0])
+        return local, params.contiguous(), lead
 
     def sdf(self, points: Tensor) -> Tensor:
         """Signed distance bound (negative inside): points (..., 3) -> (...)."""
-        local, rows, lead = self._local(points)
-        return self.family.local_distance(local, rows).reshape(lead).to(points.dtype)
+        with single_thread(points.device):
+            local, params, lead = self._local(points)
+            return self.family.local_distance(local, params).reshape(lead).to(points.dtype)
 
     def albedo(self, points: Tensor) -> Tensor:
         """Colour of the nearest part: points (..., 3) -> (..., 3) in [0, 1]."""
-        local, rows, lead = self._local(points)
-        colors = self.family.colors[self.index].to(local.device).expand(local.shape[0], -1, -1)
-        return self.family.local_albedo(local, rows, colors).reshape(*lead, 3).to(points.dtype)
+        with single_thread(points.device):
+            local, params, lead = self._local(points)
+            part = self.family.local_part(local, params)
+            colors = self.family.colors[self.index].to(part.device)
+            return colors.index_select(0, part).reshape(*lead, 3).to(points.dtype)
 
-    def render(self, cameras: Cameras, background: Sequence[float] | float = 1.0, supersample: int = 2,
-               max_steps: int = 64) -> Tensor:
+    def render(
+        self, cameras: Cameras, background: Sequence[float] | float = 1.0, supersample: int = 2, max_steps: int = 32
+    ) -> Tensor:
         """(B, 3, H, W) flat-albedo images of this variant."""
         return self.family.render(cameras, [self.index], background, supersample, max_steps)[:, 0]
 
@@ -293,64 +310,72 @@ def _deg(x: Tensor) -> Tensor:
 
 
 # =============================================================================================
-# Templates. Each takes local points p (N, 3) and parameters P, and returns (N, K) part distances
-# in the order of the family's ``parts``.
+# Templates. Each takes local points (x, y, z) and parameters P, and returns one distance per
+# part, in the order of the family's ``parts``.
 # =============================================================================================
-def _donut(p: Tensor, P: ParamView) -> Tensor:
+def _donut(p: XYZ, P: ParamView) -> list[Tensor]:
     big, small = P["major"], P["minor"]
-    dough = sd_torus(p, big, small)
-    icing = op_intersect(sd_torus(p, big, small + P["icing"]), P["icing_level"] * small - p[..., 2])
-    return torch.stack([dough, icing], dim=-1)
+    x, y, z = p
+    ring = length2(x, y) - big
+    tube = length2(ring, z)
+    dough = tube - small
+    icing = torch.maximum(tube - (small + P["icing"]), P["icing_level"] * small - z)
+    return [dough, icing]
 
 
-def _mushroom(p: Tensor, P: ParamView) -> Tensor:
+def _mushroom(p: XYZ, P: ParamView) -> list[Tensor]:
     bottom, cz = P["stem_bottom"], P["cap_z"]
-    stem = sd_capped_cone(translate(p, z=0.5 * (bottom + cz)), 0.5 * (cz - bottom), P["stem_r_bottom"], P["stem_r_top"])
+    stem = sd_frustum(translate(p, z=0.5 * (bottom + cz)), 0.5 * (cz - bottom), P["stem_r_bottom"], P["stem_r_top"])
     a, c = P["cap_a"], P["cap_c"]
     pc = translate(p, z=cz)
-    cap = op_intersect(sd_ellipsoid(pc, a, a, c), -P["cap_cut"] * c - pc[..., 2])
+    cap = torch.maximum(sd_ellipsoid(pc, a, a, c), -P["cap_cut"] * c - pc[2])
     phi = _deg(P["spot_elev"])
-    ring = polar_repeat(pc, P["spot_count"], 0.0)
+    ring = polar_repeat(pc, P["spot_count"])
     spot = sd_sphere(translate(ring, a * torch.cos(phi), 0.0, c * torch.sin(phi)), P["spot_r"])
     top_spot = sd_sphere(translate(pc, z=c), 1.2 * P["spot_r"])
-    spots = switch(op_union(spot, top_spot), P["spots"])
-    return torch.stack([stem, cap, spots], dim=-1)
+    spots = switch(torch.minimum(spot, top_spot), P["spots"])
+    return [stem, cap, spots]
 
 
-def _snowman(p: Tensor, P: ParamView) -> Tensor:
+_EYE_EL, _EYE_AZ = math.radians(22.0), math.radians(28.0)
+_EYE = (math.cos(_EYE_EL) * math.cos(_EYE_AZ), math.cos(_EYE_EL) * math.sin(_EYE_AZ), math.sin(_EYE_EL))
+
+
+def _snowman(p: XYZ, P: ParamView) -> list[Tensor]:
+    x, y, z = p
     bottom = sd_sphere(translate(p, z=P["bottom_z"]), P["bottom_r"])
     mid_on = P["mid_on"]
     mid = switch(sd_sphere(translate(p, z=P["mid_z"]), P["mid_r"]), mid_on)
     hz, hr = P["head_z"], P["head_r"]
-    head = sd_sphere(translate(p, z=hz), hr)
+    ph = translate(p, z=hz)
+    head = sd_sphere(ph, hr)
     snow = op_smooth_union(op_smooth_union(bottom, mid, 0.03), head, 0.03)
     # carrot nose along +x
-    nose_len = P["nose_len"]
-    x0, x1 = 0.7 * hr, hr + nose_len
-    x, y, z = p.unbind(-1)
-    q = torch.stack([y, z - hz, x - 0.5 * (x0 + x1)], dim=-1)
-    nose = sd_capped_cone(q, 0.5 * (x1 - x0), P["nose_r"], 0.004)
+    x0, x1 = 0.7 * hr, hr + P["nose_len"]
+    nose = sd_frustum((y, ph[2], x - 0.5 * (x0 + x1)), 0.5 * (x1 - x0), P["nose_r"], 0.004)
     # hat: brim and crown
     brim_z = hz + 0.85 * hr
     brim = sd_cylinder(translate(p, z=brim_z), P["brim_r"], 0.012)
     crown = sd_cylinder(translate(p, z=brim_z + 0.5 * P["crown_h"]), P["crown_r"], 0.5 * P["crown_h"])
-    hat = op_union(brim, crown)
+    hat = torch.minimum(brim, crown)
     # eyes, mirrored left/right
-    el, az = math.radians(22.0), math.radians(28.0)
-    eye_c = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
-    eyes = sd_sphere(translate(mirror_y(translate(p, z=hz)), hr * eye_c[0], hr * eye_c[1], hr * eye_c[2]), 0.022)
-    # scarf at the neck, between the head and the ball below it
-    lower_top = torch.where(mid_on > 0.5, P["mid_z"] + P["mid_r"], P["bottom_z"] + P["bottom_r"])
-    lower_z = torch.where(mid_on > 0.5, P["mid_z"], P["bottom_z"])
-    lower_r = torch.where(mid_on > 0.5, P["mid_r"], P["bottom_r"])
-    neck_z = 0.5 * (hz - hr + lower_top)
-    head_sec = (hr**2 - (neck_z - hz) ** 2).clamp_min(0).sqrt()
-    low_sec = (lower_r**2 - (neck_z - lower_z) ** 2).clamp_min(0).sqrt()
-    scarf = sd_torus(translate(p, z=neck_z), torch.maximum(head_sec, low_sec) + 0.2 * P["scarf_r"], P["scarf_r"])
-    return torch.stack([snow, nose, hat, eyes, scarf], dim=-1)
+    eyes = sd_sphere(translate(mirror_y(ph), hr * _EYE[0], hr * _EYE[1], hr * _EYE[2]), 0.022)
+    # scarf at the neck (its height and radius are precomputed parameters, see _snowman_neck)
+    scarf = sd_torus(translate(p, z=P["neck_z"]), P["neck_r"], P["scarf_r"])
+    return [snow, nose, hat, eyes, scarf]
 
 
-def _table(p: Tensor, P: ParamView) -> Tensor:
+def _snowman_neck(params: dict[str, float]) -> dict[str, float]:
+    """Height and ring radius of the scarf: between the head and the ball below it."""
+    hz, hr = params["head_z"], params["head_r"]
+    lower = ("mid_z", "mid_r") if params["mid_on"] > 0.5 else ("bottom_z", "bottom_r")
+    lz, lr = params[lower[0]], params[lower[1]]
+    neck_z = 0.5 * (hz - hr + lz + lr)
+    section = max(math.sqrt(max(hr**2 - (neck_z - hz) ** 2, 0.0)), math.sqrt(max(lr**2 - (neck_z - lz) ** 2, 0.0)))
+    return {"neck_z": neck_z, "neck_r": section + 0.2 * params["scarf_r"]}
+
+
+def _table(p: XYZ, P: ParamView) -> list[Tensor]:
     tz, t = P["top_z"], P["top_t"]
     pt = translate(p, z=tz)
     top = torch.where(
@@ -361,65 +386,65 @@ def _table(p: Tensor, P: ParamView) -> Tensor:
     legs = switch(sd_cylinder(translate(mirror_xy(p), P["leg_x"], P["leg_y"], mid), P["leg_r"], half), P["legs_on"])
     column = sd_cylinder(translate(p, z=mid), P["column_r"], half)
     foot = sd_cylinder(translate(p, z=lb + 0.02), P["foot_r"], 0.02)
-    pedestal = switch(op_union(column, foot), P["pedestal_on"])
-    return torch.stack([top, op_union(legs, pedestal)], dim=-1)
+    pedestal = switch(torch.minimum(column, foot), P["pedestal_on"])
+    return [top, torch.minimum(legs, pedestal)]
 
 
-def _mug(p: Tensor, P: ParamView) -> Tensor:
+def _mug(p: XYZ, P: ParamView) -> list[Tensor]:
+    x, y, z = p
     r, h, zc, wall = P["body_r"], P["body_h"], P["body_z"], P["wall"]
     pb = translate(p, z=zc)
     body = op_subtract(sd_cylinder(pb, r, h), sd_cylinder(translate(pb, z=wall), r - wall, h))
     floor = zc - h + wall
     level = floor + P["fill"] * (2.0 * h - wall)
     drink = sd_cylinder(translate(p, z=0.5 * (floor + level)), r - wall - 0.002, 0.5 * (level - floor))
-    x, y, z = p.unbind(-1)
-    ring = torch.stack([y - r, z - P["handle_z"], x], dim=-1)  # handle ring in the y-z plane
-    handle = op_intersect(sd_torus(ring, P["handle_R"], P["handle_r"]), (r - wall) - y)
+    ring = (y - r, z - P["handle_z"], x)  # the handle is a half ring in the y-z plane
+    handle = torch.maximum(sd_torus(ring, P["handle_R"], P["handle_r"]), (r - wall) - y)
     saucer = switch(sd_cylinder(translate(p, z=zc - h - P["saucer_t"]), P["saucer_r"], P["saucer_t"]), P["saucer_on"])
-    return torch.stack([body, handle, drink, saucer], dim=-1)
+    return [body, handle, drink, saucer]
 
 
-def _lamp(p: Tensor, P: ParamView) -> Tensor:
+def _lamp(p: XYZ, P: ParamView) -> list[Tensor]:
     bz = P["base_z"]
     base = sd_ellipsoid(translate(p, z=bz), P["base_r"], P["base_r"], P["base_h"])
-    a = vec3(0.0, 0.0, bz, p)
-    elbow = vec3(P["elbow_x"], 0.0, P["elbow_z"], p)
-    head = vec3(P["head_x"], 0.0, P["head_z"], p)
-    pole = op_union(sd_capsule(p, a, elbow, P["pole_r"]), sd_capsule(p, elbow, head, P["pole_r"]))
-    ps = rotate_y(p - head, -_deg(P["shade_pitch"]))  # the shade's frame, tilted by shade_pitch about y
-    shade = sd_capped_cone(ps, P["shade_h"], P["shade_r_bottom"], P["shade_r_top"])
-    return torch.stack([base, pole, shade], dim=-1)
+    a = (0.0, 0.0, bz)
+    elbow = (P["elbow_x"], 0.0, P["elbow_z"])
+    head = (P["head_x"], 0.0, P["head_z"])
+    pole = torch.minimum(sd_capsule(p, a, elbow, P["pole_r"]), sd_capsule(p, elbow, head, P["pole_r"]))
+    ps = rotate_y(translate(p, *head), -_deg(P["shade_pitch"]))  # the shade's frame, tilted about y
+    shade = sd_frustum(ps, P["shade_h"], P["shade_r_bottom"], P["shade_r_top"])
+    return [base, pole, shade]
 
 
-def _rocket(p: Tensor, P: ParamView) -> Tensor:
+def _rocket(p: XYZ, P: ParamView) -> list[Tensor]:
     r, zb, zt = P["body_r"], P["body_bottom"], P["body_top"]
     body = sd_cylinder(translate(p, z=0.5 * (zb + zt)), r, 0.5 * (zt - zb))
     nh = P["nose_h"]
-    nose = sd_capped_cone(translate(p, z=zt + 0.5 * nh), 0.5 * nh, r, 0.008)
+    nose = sd_frustum(translate(p, z=zt + 0.5 * nh), 0.5 * nh, r, 0.008)
     q = polar_repeat(p, P["fin_count"], _deg(P["fin_phase"]))
     fl, fh = P["fin_len"], P["fin_h"]
     fins = sd_box(translate(q, r + 0.5 * fl - 0.02, 0.0, zb + 0.5 * fh - 0.05), 0.5 * fl + 0.02, P["fin_t"], 0.5 * fh)
     window = sd_sphere(translate(p, r, 0.0, P["window_z"]), P["window_r"])
-    return torch.stack([body, nose, fins, window], dim=-1)
+    return [body, nose, fins, window]
 
 
-def _tree(p: Tensor, P: ParamView) -> Tensor:
+def _tree(p: XYZ, P: ParamView) -> list[Tensor]:
+    x, y, z = p
+    radial = length2(x, y)
     tb, tt, tr = P["trunk_bottom"], P["trunk_top"], P["trunk_r"]
-    trunk = sd_capped_cone(translate(p, z=0.5 * (tb + tt)), 0.5 * (tt - tb), 1.25 * tr, tr)
-    layers = [
-        sd_capped_cone(translate(p, z=P["cone_z"] + i * P["layer_step"]), P["cone_h"], P["cone_r"] * (1 - 0.25 * i), 0.02)
-        for i in range(3)
-    ]
+    trunk = frustum_from_radial(radial, z - 0.5 * (tb + tt), 0.5 * (tt - tb), 1.25 * tr, tr)
+    cone_r, step, cz0, ch = P["cone_r"], P["layer_step"], P["cone_z"], P["cone_h"]
+    layers = [frustum_from_radial(radial, z - (cz0 + i * step), ch, cone_r * (1 - 0.25 * i), 0.02) for i in range(3)]
     pine = switch(op_union(*layers), P["pine_on"])
     rx, rz, cz = P["crown_rx"], P["crown_rz"], P["crown_z"]
     crown = sd_ellipsoid(translate(p, z=cz), rx, rx, rz)
     blobs = sd_sphere(translate(mirror_xy(p), 0.5 * rx, 0.5 * rx, cz - 0.3 * rz), P["blob_r"])
     crown = op_smooth_union(crown, switch(blobs, P["blobs_on"]), 0.04)
-    foliage = op_union(pine, switch(crown, P["crown_on"]))
-    return torch.stack([trunk, foliage], dim=-1)
+    foliage = torch.minimum(pine, switch(crown, P["crown_on"]))
+    return [trunk, foliage]
 
 
-def _chair(p: Tensor, P: ParamView) -> Tensor:
+def _chair(p: XYZ, P: ParamView) -> list[Tensor]:
     sz, hx, hy, t = P["seat_z"], P["seat_hx"], P["seat_hy"], P["seat_t"]
     round_seat = P["round_seat"] > 0.5
     ps = translate(p, z=sz)
@@ -429,12 +454,12 @@ def _chair(p: Tensor, P: ParamView) -> Tensor:
     ly = torch.where(round_seat, 0.62 * hx, hy - inset)
     legs = sd_cylinder(translate(mirror_xy(p), lx, ly, 0.5 * (sz - t + lb)), P["leg_r"], 0.5 * (sz - t - lb))
     bt, bh = P["back_t"], P["back_h"]
-    pb = rotate_y(translate(p, -hx + bt, 0.0, sz), _deg(P["back_recline"]))  # back leans toward -x
+    pb = rotate_y(translate(p, bt - hx, 0.0, sz), _deg(P["back_recline"]))  # the back leans toward -x
     back = switch(sd_box(translate(pb, z=0.5 * bh), bt, hy, 0.5 * bh, 0.01), P["back_on"])
-    return torch.stack([seat, legs, back], dim=-1)
+    return [seat, legs, back]
 
 
-def _house(p: Tensor, P: ParamView) -> Tensor:
+def _house(p: XYZ, P: ParamView) -> list[Tensor]:
     hx, hy, wh, bz = P["wall_hx"], P["wall_hy"], P["wall_h"], P["base_z"]
     walls = sd_box(translate(p, z=bz + 0.5 * wh), hx, hy, 0.5 * wh)
     zr, rh, ov = bz + wh, P["roof_h"], P["overhang"]
@@ -443,7 +468,7 @@ def _house(p: Tensor, P: ParamView) -> Tensor:
     door = sd_box(translate(p, hx, 0.0, bz + 0.5 * dh), 0.015, P["door_w"], 0.5 * dh)
     windows = sd_box(translate(mirror_y(p), hx, 0.55 * hy, bz + 0.62 * wh), 0.015, 0.06, 0.06)
     chimney = sd_box(translate(p, -0.45 * hx, 0.45 * hy, zr + 0.6 * rh), 0.045, 0.045, 0.3 * rh + 0.05)
-    return torch.stack([walls, roof, door, windows, switch(chimney, P["chimney_on"])], dim=-1)
+    return [walls, roof, door, windows, switch(chimney, P["chimney_on"])]
 
 
 # =============================================================================================
@@ -518,6 +543,7 @@ def _build_catalogue() -> dict[str, Family]:
                              "eyes": (0.05, 0.05, 0.05), "scarf": (0.98, 0.82, 0.1)},
                             Pose(yaw=45.0)),
             ],
+            derive=_snowman_neck,
         ),
         Family(
             "table",
@@ -613,7 +639,7 @@ def _build_catalogue() -> dict[str, Family]:
                              "window_z": -0.05},
                             {"body": (0.95, 0.5, 0.1), "nose": (0.1, 0.1, 0.1), "fins": (0.2, 0.7, 0.3),
                              "window": (0.95, 0.95, 0.95)},
-                            Pose(pitch=25.0)),
+                            Pose(roll=25.0)),
             ],
         ),
         Family(
@@ -754,10 +780,12 @@ def match_family(prompt: str, catalogue: Mapping[str, Family] | None = None) -> 
 
 
 def list_catalogue(catalogue: Mapping[str, Family] | None = None) -> list[dict]:
-    """Plain data for a CLI listing: family, description, synonyms and variants with descriptions."""
+    """Plain data for a CLI listing: one dict per family with ``name`` (also under ``family``),
+    ``description``, ``synonyms`` and ``variants`` (each ``{"name", "description"}``)."""
     catalogue = CATALOGUE if catalogue is None else catalogue
     return [
         {
+            "name": f.name,
             "family": f.name,
             "description": f.description,
             "synonyms": list(f.synonyms),

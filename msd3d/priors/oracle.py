@@ -27,6 +27,7 @@ from torch import Tensor
 from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogue, match_family
 from msd3d.priors.schedule import VPSchedule
+from msd3d.priors.shapes import single_thread
 from msd3d.render.cameras import Cameras
 
 UNCONDITIONAL_MODES = ("all_families", "none")
@@ -43,11 +44,12 @@ class OracleConfig:
     """Solid background colour of the variant renders (RGB in [0, 1]); match the NeRF's."""
     supersample: int = 2
     """Rays per pixel along each axis when rendering variants (anti-aliasing)."""
-    max_steps: int = 64
+    max_steps: int = 32
     """Sphere-tracing steps per ray."""
-    unconditional: str = "all_families"
-    """"all_families": the CFG branch is every variant of every family at the same camera;
-    "none": no unconditional branch (guidance scales are ignored; renders only the prompt's family)."""
+    unconditional: str = "none"
+    """"none": no unconditional branch (guidance scales are ignored; renders only the prompt's
+    family), the exact prior itself; "all_families": the CFG branch is every variant of every
+    family at the same camera (renders the whole catalogue at each step, about ten times the cost)."""
 
     def validate(self) -> None:
         if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
@@ -72,14 +74,15 @@ def ideal_denoiser(z: Tensor, sigma: Tensor, images: Tensor, log_weights: Tensor
     """
     b = z.shape[0]
     v = images.shape[1]
-    zf = z.reshape(b, -1).double()
-    yf = images.reshape(b, v, -1).double()
-    dots = torch.bmm(yf, zf.unsqueeze(-1)).squeeze(-1)  # (B, V)
-    sq = yf.pow(2).sum(-1)  # (B, V)
-    var = sigma.double().reshape(b).pow(2).clamp_min(1e-12)
-    logits = log_weights.double() + (dots - 0.5 * sq) / var.unsqueeze(-1)
-    weights = torch.softmax(logits, dim=1)  # (B, V)
-    out = torch.bmm(weights.unsqueeze(1), yf).squeeze(1)
+    with single_thread(z.device):
+        zf = z.reshape(b, -1).double()
+        yf = images.reshape(b, v, -1).double()
+        dots = torch.bmm(yf, zf.unsqueeze(-1)).squeeze(-1)  # (B, V)
+        sq = yf.pow(2).sum(-1)  # (B, V)
+        var = sigma.double().reshape(b).pow(2).clamp_min(1e-12)
+        logits = log_weights.double() + (dots - 0.5 * sq) / var.unsqueeze(-1)
+        weights = torch.softmax(logits, dim=1)  # (B, V)
+        out = torch.bmm(weights.unsqueeze(1), yf).squeeze(1)
     return out.reshape(z.shape).to(z.dtype)
 
 
@@ -96,7 +99,7 @@ def score_renders(
     family: Family | str,
     background: Sequence[float] | float = 1.0,
     supersample: int = 2,
-    max_steps: int = 64,
+    max_steps: int = 32,
 ) -> dict[str, Any]:
     """Compare finished renders with every variant of a family at the same cameras.
 

@@ -21,36 +21,49 @@ from msd3d.guidance.base import SCHEDULE_KINDS, interpolate
 from msd3d.render.volume import RenderOutput
 
 
+SCHEDULE_UNITS = ("steps", "fraction")
+
+
 @dataclass
 class WeightSchedule:
     """A loss weight moving from ``start`` (at ``start_step`` and before) to ``end`` (at ``end_step`` and after).
 
-    ``end=None`` keeps the weight constant at ``start``. threestudio's ``[0, 10, 1000, 5000]`` is
+    ``end=None`` keeps the weight constant at ``start``. With ``unit="fraction"`` the two steps are
+    fractions of the run's total steps. threestudio's ``lambda_orient: [0, 10, 1000, 5000]`` is
     ``WeightSchedule(start=10, end=1000, start_step=0, end_step=5000)``.
     """
 
     start: float = 0.0
     end: float | None = None
-    start_step: int = 0
-    end_step: int = 0
+    start_step: float = 0
+    end_step: float = 0
     kind: str = "linear"
     """"constant", "linear", "log_linear" or "cosine" (msd3d.guidance.base.interpolate)."""
+    unit: str = "steps"
+    """"steps" (start_step/end_step are step numbers) or "fraction" (of the total steps)."""
 
     def validate(self, name: str = "weight") -> None:
         if self.kind not in SCHEDULE_KINDS:
             raise ValueError(f"{name}.kind must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}")
+        if self.unit not in SCHEDULE_UNITS:
+            raise ValueError(f"{name}.unit must be one of {', '.join(SCHEDULE_UNITS)}, got {self.unit!r}")
         if self.end is not None and self.end_step < self.start_step:
             raise ValueError(f"{name}.end_step must not be before {name}.start_step")
         if self.kind == "log_linear" and self.end is not None and (self.start <= 0 or self.end <= 0):
             raise ValueError(f"{name} needs positive start and end for a log_linear schedule")
 
-    def value(self, step: int) -> float:
-        """The weight at training ``step``."""
+    def value(self, step: int, total_steps: int | None = None) -> float:
+        """The weight at training ``step`` (``total_steps`` is needed for ``unit="fraction"``)."""
         if self.end is None:
             return float(self.start)
-        if self.end_step <= self.start_step:
-            return float(self.end if step >= self.end_step else self.start)
-        frac = (step - self.start_step) / (self.end_step - self.start_step)
+        start_step, end_step = float(self.start_step), float(self.end_step)
+        if self.unit == "fraction":
+            if total_steps is None:
+                raise ValueError("a schedule in fractions of the run needs total_steps")
+            start_step, end_step = start_step * total_steps, end_step * total_steps
+        if end_step <= start_step:
+            return float(self.end if step >= end_step else self.start)
+        frac = (step - start_step) / (end_step - start_step)
         return interpolate(float(self.start), float(self.end), frac, self.kind)
 
 
@@ -69,16 +82,16 @@ class RegulariserConfig:
         self.sparsity.validate("regularisers.sparsity")
         self.opaque.validate("regularisers.opaque")
 
-    def weights(self, step: int) -> dict[str, float]:
+    def weights(self, step: int, total_steps: int | None = None) -> dict[str, float]:
         return {
-            "orientation": self.orientation.value(step),
-            "sparsity": self.sparsity.value(step),
-            "opaque": self.opaque.value(step),
+            "orientation": self.orientation.value(step, total_steps),
+            "sparsity": self.sparsity.value(step, total_steps),
+            "opaque": self.opaque.value(step, total_steps),
         }
 
-    def needs_normals(self, step: int) -> bool:
+    def needs_normals(self, step: int, total_steps: int | None = None) -> bool:
         """Whether the render of ``step`` must carry sample normals (orientation weight > 0)."""
-        return self.orientation.value(step) > 0
+        return self.orientation.value(step, total_steps) > 0
 
 
 def orientation_loss(output: RenderOutput) -> Tensor:
@@ -104,24 +117,19 @@ def opacity_entropy_loss(opacity: Tensor, eps: float = 1e-3) -> Tensor:
     return -(o * torch.log(o) + (1.0 - o) * torch.log(1.0 - o)).mean()
 
 
-@dataclass
-class RegulariserOutput:
-    total: Tensor  # scalar, weighted sum
-    terms: dict[str, Tensor]  # unweighted value of each active term
-    weights: dict[str, float]
+def regulariser_losses(
+    output: RenderOutput, config: RegulariserConfig, step: int, total_steps: int | None = None
+) -> dict[str, Tensor]:
+    """The weighted regulariser losses active at ``step``: name -> weight * term (weight-0 terms omitted).
 
-
-def regulariser_losses(output: RenderOutput, config: RegulariserConfig, step: int) -> RegulariserOutput:
-    """The weighted sum of the active regularisers at ``step`` (terms with weight 0 are skipped)."""
-    weights = config.weights(step)
-    terms: dict[str, Tensor] = {}
+    Names are "orientation", "sparsity" and "opaque"; the trainer adds them to its loss.
+    """
+    weights = config.weights(step, total_steps)
+    losses: dict[str, Tensor] = {}
     if weights["orientation"] > 0:
-        terms["orientation"] = orientation_loss(output)
+        losses["orientation"] = weights["orientation"] * orientation_loss(output)
     if weights["sparsity"] > 0:
-        terms["sparsity"] = opacity_sparsity_loss(output.opacity)
+        losses["sparsity"] = weights["sparsity"] * opacity_sparsity_loss(output.opacity)
     if weights["opaque"] > 0:
-        terms["opaque"] = opacity_entropy_loss(output.opacity)
-    total = output.opacity.sum() * 0.0
-    for name, value in terms.items():
-        total = total + weights[name] * value
-    return RegulariserOutput(total=total, terms=terms, weights=weights)
+        losses["opaque"] = weights["opaque"] * opacity_entropy_loss(output.opacity)
+    return losses

@@ -2,15 +2,19 @@
 
 Two sampling paths feed the same field, shading and compositing (``nerfacc.rendering``):
 
-* **Batched (CPU, or CUDA without the grid)**: every ray that hits the scene box gets
+* **Batched (CPU; CUDA with the grid off)**: every ray that hits the scene box gets
   ``samples_per_ray`` equal intervals between its entry and exit (clipped to ``[near, far]``); the field
   is queried at one point per interval, jittered inside it when training with ``stratified``. nerfacc's
-  batched ``rendering()`` is pure PyTorch, so this runs anywhere.
-* **Packed (CUDA)**: ``nerfacc.OccGridEstimator`` marches rays with a fixed ``render_step_size`` and
-  skips cells its occupancy grid marks empty; samples are packed with ``ray_indices``. nerfacc's CUDA
-  kernels (compiled on first use) are needed. The grid is refreshed every ``grid_update_interval``
-  steps by :meth:`VolumeRenderer.update_occupancy` and a fresh grid is filled once before its first use
-  (an empty grid yields no samples and no gradient).
+  batched ``rendering()`` is pure PyTorch, so this runs anywhere. With the occupancy grid on, samples
+  in empty cells are not queried (density 0): on 2 CPU cores this cuts the field work about 3x for
+  the initial density blob.
+* **Packed (CUDA with the grid on)**: ``nerfacc.OccGridEstimator`` marches rays with a fixed
+  ``render_step_size`` and skips cells its occupancy grid marks empty; samples are packed with
+  ``ray_indices``. nerfacc's CUDA kernels (compiled on first use) are needed.
+
+Either way the grid is refreshed every ``grid_update_interval`` steps by
+:meth:`VolumeRenderer.update_occupancy` (the trainer calls it every step) and a fresh grid is filled
+once before its first use: an empty grid yields no samples and no gradient (DESIGN §6).
 
 Conventions: rays come from :meth:`Cameras.rays` (unit directions), ``depth`` is the expected distance
 along the ray (not camera z) over the opacity, ``normals`` is the weight-summed unit sample normals

@@ -10,13 +10,16 @@ see :mod:`msd3d.scene.encodings` for why):
   optimisation starts from a soft ball at the origin instead of empty space;
 * an albedo MLP with a sigmoid gives the base colour in ``[0, 1]``;
 * points outside the bound get zero density;
-* normals are ``-grad(density) / |grad(density)|`` (outward for a solid), by autograd ("analytic") or
-  by finite differences of the raw density. Both are differentiable with respect to the field's
-  parameters, so lit shading and the orientation loss shape the geometry.
+* normals are ``-grad(density) / |grad(density)|`` (outward for a solid), by autograd ("analytic",
+  the default: grid_sample is twice differentiable in current PyTorch, and on 2 CPU cores a lit
+  64x64 render trains about 1.4x faster than with forward differences, which query the density at
+  4x the points) or by finite differences of the raw density. Both are differentiable with respect
+  to the field's parameters, so lit shading and the orientation loss shape the geometry.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,8 +60,10 @@ class FieldConfig:
     "gaussian": raw += blob_density * exp(-r^2 / (2 blob_radius^2)) (threestudio blob_dreamfusion); "none"."""
     blob_density: float = 10.0
     blob_radius: float = 0.5
-    normals: str = "finite_difference"
-    """"finite_difference" or "analytic" (autograd through the encoding)."""
+    normals: str = "analytic"
+    """"analytic" (autograd through the encoding; about 1.4x cheaper than forward differences on CPU
+    when trained through) or "finite_difference". Analytic falls back to finite differences, with a
+    warning, where PyTorch cannot differentiate grid_sample twice."""
     finite_difference: str = "forward"
     """"forward" (3 extra density queries per point) or "central" (6, more accurate)."""
     normal_eps: float = 0.01
@@ -160,6 +165,7 @@ class NeRFField(nn.Module):
         self.encoding = build_encoding(c.encoding, tuple(c.resolutions), c.features, c.init_std)
         self.density_mlp = mlp(self.encoding.output_dim, c.hidden_dim, c.hidden_layers, 1)
         self.albedo_mlp = mlp(self.encoding.output_dim, c.hidden_dim, c.hidden_layers, 3)
+        self._warned_fallback = False
 
     # ----------------------------------------------------------------------------------------------
     # building blocks
@@ -252,10 +258,14 @@ class NeRFField(nn.Module):
     def _query_analytic(self, points: Tensor, with_albedo: bool) -> FieldSample:
         train_through = torch.is_grad_enabled()
         if train_through and not grid_sample_is_twice_differentiable(points.device.type):
-            raise RuntimeError(
-                "field.normals='analytic' needs grid_sample's second derivative, which this PyTorch build "
-                "lacks; set field.normals=finite_difference"
-            )
+            if not self._warned_fallback:
+                warnings.warn(
+                    "field.normals=analytic needs grid_sample's second derivative, which this PyTorch build "
+                    f"lacks on {points.device.type}; using finite differences instead",
+                    stacklevel=2,
+                )
+                self._warned_fallback = True
+            return self._query_finite_difference(points, with_albedo)
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_(True)
             feats = self._features(pts)

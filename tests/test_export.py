@@ -1,0 +1,446 @@
+"""Mesh, texture and video export against analytic fields with closed-form geometry.
+
+Round-trip notes: trimesh loads are done with ``process=False`` so vertices are neither merged nor
+split, and the files must give back exactly the vertex and face counts written. A textured OBJ / GLB
+has its vertices already split along UV seams by the exporter, so its counts are compared with the
+textured mesh, not with the vertex-coloured one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from omegaconf import OmegaConf
+
+from msd3d.errors import Msd3dError
+from msd3d.export.atomic import atomic_path, atomic_paths, atomic_write_files, atomic_write_text
+from msd3d.export.mesh import (
+    AUTO_THRESHOLD_LAYERS,
+    MeshExportConfig,
+    Y_UP_FROM_Z_UP,
+    export_mesh,
+    export_mesh_files,
+    extract_mesh,
+    resolve_threshold,
+    srgb_to_linear_u8,
+)
+from msd3d.export.texture import rasterize_uv
+from msd3d.export.video import VideoConfig, read_video_frames, render_turntable, turntable_cameras_for, write_video
+from msd3d.render.cameras import Cameras
+from msd3d.scene.base import RadianceField
+
+# ------------------------------------------------------------------------------------------------
+# analytic fields
+
+
+def _albedo(points: torch.Tensor) -> torch.Tensor:
+    """A smooth colour that differs along every axis (so turntable frames and axes are distinguishable)."""
+    p = points.clamp(-1.0, 1.0)
+    return torch.stack([0.5 + 0.45 * p[..., 0], 0.5 + 0.45 * p[..., 1], 0.5 + 0.45 * torch.sin(2.0 * p[..., 2])], -1)
+
+
+class SpheresField:
+    """Union of spheres: density ``peak * sigmoid(-sdf / beta)``.
+
+    The level ``peak / 2`` is exactly the SDF's zero set, so iso-surfaces have closed-form size.
+    """
+
+    def __init__(self, spheres, bound=1.0, beta=0.02, peak=100.0):
+        self.bound = bound
+        self.beta, self.peak = beta, peak
+        self.centres = torch.tensor([c for c, _ in spheres], dtype=torch.float32)  # (S, 3)
+        self.radii = torch.tensor([r for _, r in spheres], dtype=torch.float32)  # (S,)
+
+    def sdf(self, points: torch.Tensor) -> torch.Tensor:
+        d = (points[..., None, :] - self.centres).norm(dim=-1) - self.radii  # (..., S)
+        return d.min(dim=-1).values
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self.peak * torch.sigmoid(-self.sdf(points) / self.beta)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return _albedo(points)
+
+
+class EllipsoidField(torch.nn.Module):
+    """An off-centre ellipsoid as an nn.Module (its centre is a buffer): tall along z, so axes are testable."""
+
+    def __init__(self, centre=(0.1, 0.2, 0.3), axes=(0.2, 0.3, 0.55), bound=1.0):
+        super().__init__()
+        self.bound = bound
+        self.register_buffer("centre", torch.tensor(centre))
+        self.register_buffer("axes", torch.tensor(axes))
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        q = ((points - self.centre) / self.axes).norm(dim=-1)
+        return 50.0 * torch.sigmoid((1.0 - q) / 0.05)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return _albedo(points)
+
+
+R = 0.5
+
+
+def sphere_field(**kwargs) -> SpheresField:
+    return SpheresField([((0.0, 0.0, 0.0), R)], **kwargs)
+
+
+def test_fields_satisfy_the_protocol():
+    assert isinstance(sphere_field(), RadianceField)
+    assert isinstance(EllipsoidField(), RadianceField)
+
+
+# ------------------------------------------------------------------------------------------------
+# mesh extraction
+
+
+def test_sphere_mesh_matches_closed_form_area_and_volume():
+    field = sphere_field()
+    mesh = extract_mesh(field, MeshExportConfig(resolution=64, threshold=field.peak / 2))
+    assert mesh.is_watertight
+    assert mesh.volume > 0  # outward-facing faces
+    assert mesh.area == pytest.approx(4 * math.pi * R**2, rel=0.01)
+    assert mesh.volume == pytest.approx(4 / 3 * math.pi * R**3, rel=0.01)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert np.abs(radii - R).max() < 0.01
+    # vertex colours are the field's albedo at the vertices, as uint8 RGBA
+    colours = mesh.visual.vertex_colors
+    assert colours.dtype == np.uint8 and (colours[:, 3] == 255).all()
+    expected = _albedo(torch.tensor(mesh.vertices, dtype=torch.float32)).numpy() * 255
+    assert np.abs(colours[:, :3] - expected).max() <= 0.5 + 1e-3
+    assert mesh.metadata["msd3d"]["threshold"] == field.peak / 2
+
+
+def test_auto_threshold_rule_and_its_iso_radius():
+    bound = 1.0
+    opacity_level = math.log(2.0) / (2 * bound / AUTO_THRESHOLD_LAYERS)
+    assert resolve_threshold("auto", 100.0, bound) == pytest.approx(opacity_level)  # ≈ 22.2
+    assert resolve_threshold("auto", 10.0, bound) == pytest.approx(5.0)  # capped at half the max
+    assert resolve_threshold(7.5, 10.0, bound) == 7.5
+
+    # peak 100: level ≈ 22.2 lies outside the zero set, at sdf = beta * ln(peak / level - 1)
+    field = sphere_field(beta=0.02, peak=100.0)
+    mesh = extract_mesh(field, MeshExportConfig(resolution=64))
+    r_iso = R + field.beta * math.log(field.peak / opacity_level - 1.0)
+    assert mesh.volume == pytest.approx(4 / 3 * math.pi * r_iso**3, rel=0.015)
+    # a faint field (peak 10 < 2 * 22.2) is cut at half its maximum, i.e. exactly on the sphere
+    faint = extract_mesh(sphere_field(peak=10.0), MeshExportConfig(resolution=64))
+    assert faint.metadata["msd3d"]["threshold"] == pytest.approx(5.0, rel=1e-4)
+    assert faint.volume == pytest.approx(4 / 3 * math.pi * R**3, rel=0.015)
+
+
+def test_floaters_are_removed_by_size_and_by_count():
+    blobs = SpheresField([((-0.45, 0.0, 0.0), 0.3), ((0.45, 0.0, 0.0), 0.25), ((0.0, 0.7, 0.6), 0.05)])
+    base = dict(resolution=64, threshold=50.0)
+
+    def components(mesh):
+        return sorted(len(part.faces) for part in mesh.split(only_watertight=False))
+
+    everything = extract_mesh(blobs, MeshExportConfig(**base, keep_components=0, min_component_fraction=0.0))
+    sizes = components(everything)
+    assert len(sizes) == 3 and sizes[0] < 0.02 * sum(sizes)  # the floater is tiny
+    default = extract_mesh(blobs, MeshExportConfig(**base))  # drops components < 2 % of the faces
+    assert components(default) == sizes[1:]
+    largest = extract_mesh(blobs, MeshExportConfig(**base, keep_components=1))
+    assert components(largest) == sizes[2:]
+    assert largest.volume == pytest.approx(4 / 3 * math.pi * 0.3**3, rel=0.02)
+    assert largest.vertices[:, 0].max() < 0  # the kept blob is the bigger one, on -x
+
+
+def test_decimation_respects_the_face_budget():
+    field = sphere_field()
+    full = extract_mesh(field, MeshExportConfig(resolution=48, threshold=50.0))
+    budget = 1000
+    assert len(full.faces) > 4 * budget
+    small = extract_mesh(field, MeshExportConfig(resolution=48, threshold=50.0, decimate_faces=budget))
+    assert 0.5 * budget <= len(small.faces) <= budget
+    assert small.area == pytest.approx(4 * math.pi * R**2, rel=0.03)
+    assert len(small.visual.vertex_colors) == len(small.vertices)
+
+
+def test_no_surface_raises_a_clear_error():
+    with pytest.raises(Msd3dError, match=r"no surface found at threshold 150 \(max density 100\); lower --threshold"):
+        extract_mesh(sphere_field(), MeshExportConfig(resolution=16, threshold=150.0))
+
+    class Empty:
+        bound = 1.0
+
+        def density(self, points):
+            return torch.zeros(points.shape[:-1])
+
+        def albedo(self, points):
+            return torch.zeros_like(points)
+
+    with pytest.raises(Msd3dError, match="no surface found"):
+        extract_mesh(Empty(), MeshExportConfig(resolution=16))
+
+
+def test_mesh_config_validation_names_the_key():
+    with pytest.raises(ValueError, match="mesh.threshold"):
+        MeshExportConfig(threshold="high").validate()
+    with pytest.raises(ValueError, match="mesh.threshold"):
+        MeshExportConfig(threshold=0.0).validate()
+    with pytest.raises(ValueError, match="mesh.formats"):
+        MeshExportConfig(formats=("fbx",)).validate()
+    with pytest.raises(ValueError, match="mesh.resolution"):
+        MeshExportConfig(resolution=2).validate()
+    # structured-config friendly: a numeric override of "auto" arrives as a number
+    merged = OmegaConf.merge(OmegaConf.structured(MeshExportConfig), OmegaConf.from_dotlist(["threshold=25"]))
+    config = OmegaConf.to_object(merged)
+    config.validate()
+    assert config.threshold == 25
+    video = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(VideoConfig), OmegaConf.from_dotlist(["panels=[rgb,depth]"]))
+    )
+    video.validate()
+    assert tuple(video.panels) == ("rgb", "depth")
+
+
+# ------------------------------------------------------------------------------------------------
+# mesh files
+
+
+@pytest.fixture(scope="module")
+def sphere_mesh():
+    return extract_mesh(sphere_field(), MeshExportConfig(resolution=32, threshold=50.0))
+
+
+@pytest.mark.parametrize("suffix", ["obj", "ply", "glb"])
+def test_mesh_files_load_back_with_same_counts_and_colours(sphere_mesh, tmp_path, suffix):
+    written = export_mesh(sphere_mesh, tmp_path / f"sphere.{suffix}")
+    assert written == [tmp_path / f"sphere.{suffix}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"sphere.{suffix}"]  # no temp files left
+    if suffix == "glb":
+        scene = trimesh.load(written[0], process=False)
+        (loaded,) = scene.geometry.values()
+        colours = loaded.visual.vertex_attributes["color"]
+        expected_colours = srgb_to_linear_u8(sphere_mesh.visual.vertex_colors)  # COLOR_0 is linear
+        expected_vertices = trimesh.transform_points(sphere_mesh.vertices, Y_UP_FROM_Z_UP)
+    else:
+        loaded = trimesh.load(written[0], process=False, force="mesh")
+        colours = loaded.visual.vertex_colors
+        expected_colours = sphere_mesh.visual.vertex_colors
+        expected_vertices = sphere_mesh.vertices
+    assert len(loaded.vertices) == len(sphere_mesh.vertices)
+    assert len(loaded.faces) == len(sphere_mesh.faces)
+    np.testing.assert_allclose(loaded.vertices, expected_vertices, atol=1e-5)
+    np.testing.assert_array_equal(loaded.faces, sphere_mesh.faces)
+    assert colours.dtype == np.uint8 and colours.shape == (len(sphere_mesh.vertices), 4)
+    assert np.abs(colours.astype(int) - expected_colours.astype(int)).max() <= 1
+
+
+def test_glb_is_y_up_and_keeps_the_front_on_plus_x(tmp_path):
+    field = EllipsoidField()
+    mesh = extract_mesh(field, MeshExportConfig(resolution=48))
+    lo, hi = mesh.bounds
+    assert (hi - lo)[2] > 1.5 * (hi - lo)[1]  # tall along +z in msd3d's world
+    export_mesh(mesh, tmp_path / "e.glb")
+    loaded = trimesh.load(tmp_path / "e.glb", process=False, force="mesh")
+    glo, ghi = loaded.bounds
+    centre, gcentre = (lo + hi) / 2, (glo + ghi) / 2
+    np.testing.assert_allclose(ghi - glo, (hi - lo)[[0, 2, 1]], atol=1e-5)  # tall along +y now
+    np.testing.assert_allclose(gcentre, [centre[0], centre[2], -centre[1]], atol=1e-5)
+    assert gcentre[1] > 0.25 and gcentre[0] > 0.05  # up stays up, front (+x) stays +x
+    assert loaded.volume > 0  # a proper rotation keeps the faces outward
+
+
+def test_textured_export_bakes_the_albedo(tmp_path):
+    field = sphere_field()
+    mesh = extract_mesh(field, MeshExportConfig(resolution=32, threshold=50.0, texture=True, texture_size=256))
+    assert isinstance(mesh.visual, trimesh.visual.TextureVisuals)
+    uv = mesh.visual.uv
+    assert uv.shape == (len(mesh.vertices), 2) and uv.min() >= 0.0 and uv.max() <= 1.0
+    image = mesh.visual.material.baseColorTexture
+    assert image.size == (256, 256)
+    assert mesh.area == pytest.approx(4 * math.pi * R**2, rel=0.02)
+
+    # colour looked up through the UVs (trimesh's own convention) equals the albedo at those points
+    points, face_ids = trimesh.sample.sample_surface(mesh, 3000, seed=0)
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[face_ids], points)
+    uv_points = np.einsum("nk,nkd->nd", bary, uv[mesh.faces[face_ids]])
+    looked_up = trimesh.visual.color.uv_to_color(uv_points, image)[:, :3].astype(float)
+    expected = _albedo(torch.tensor(points, dtype=torch.float32)).numpy() * 255
+    error = np.abs(looked_up - expected)
+    assert error.mean() < 1.5 and error.max() < 8.0
+
+    written = export_mesh(mesh, tmp_path / "tex.obj")
+    assert sorted(p.name for p in written) == ["tex.mtl", "tex.obj", "tex.png"]
+    assert written[-1].name == "tex.obj"  # renamed last, after its companions
+    assert "map_Kd tex.png" in (tmp_path / "tex.mtl").read_text()
+    obj = trimesh.load(tmp_path / "tex.obj", process=False, force="mesh")
+    assert len(obj.faces) == len(mesh.faces) and len(obj.vertices) == len(mesh.vertices)
+    np.testing.assert_allclose(obj.visual.uv, uv, atol=1e-6)
+    assert np.asarray(obj.visual.material.image).shape[:2] == (256, 256)
+
+    export_mesh(mesh, tmp_path / "tex.glb")
+    glb = trimesh.load(tmp_path / "tex.glb", process=False, force="mesh")
+    assert len(glb.faces) == len(mesh.faces)
+    np.testing.assert_allclose(glb.visual.uv, uv, atol=1e-6)
+    assert glb.visual.material.baseColorTexture.size == (256, 256)
+    assert glb.visual.material.metallicFactor == 0.0
+
+    export_mesh(mesh, tmp_path / "tex.ply")  # textures become vertex colours in PLY
+    ply = trimesh.load(tmp_path / "tex.ply", process=False, force="mesh")
+    assert ply.visual.kind == "vertex" and len(ply.faces) == len(mesh.faces)
+
+
+def test_uv_rasterisation_covers_exactly_the_triangle_area():
+    # two triangles splitting the unit square: every texel centre is covered exactly once
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    face_index, bary = rasterize_uv(uv, faces, 32, max_texels_per_chunk=100)  # forces chunking
+    assert (face_index >= 0).all()
+    np.testing.assert_allclose(bary.sum(-1), 1.0)
+    assert (bary >= -1e-9).all()
+    # one triangle of area 1/8 of the square covers ≈ 1/8 of the texels
+    half, _ = rasterize_uv(np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]), np.array([[0, 1, 2]]), 64)
+    assert (half >= 0).sum() == pytest.approx(64 * 64 / 8, rel=0.05)
+
+
+def test_export_mesh_files_and_unknown_extension(sphere_mesh, tmp_path):
+    written = export_mesh_files(sphere_mesh, tmp_path / "out", "asset", formats=("glb", "obj", "ply"))
+    assert [p.name for p in written] == ["asset.glb", "asset.obj", "asset.ply"]
+    assert all(p.stat().st_size > 0 for p in written)
+    with pytest.raises(Msd3dError, match="unknown mesh format"):
+        export_mesh(sphere_mesh, tmp_path / "asset.fbx")
+
+
+# ------------------------------------------------------------------------------------------------
+# atomic writing
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "model.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert list(tmp_path.iterdir()) == []
+
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new but broken")
+            raise RuntimeError("writer failed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # plain-file permissions
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_file_set_is_all_or_nothing(tmp_path):
+    names = [tmp_path / "a.mtl", tmp_path / "a.png", tmp_path / "a.obj"]
+    with pytest.raises(RuntimeError):
+        with atomic_paths(names) as temps:
+            temps[0].write_text("mtl")
+            temps[1].write_bytes(b"png")
+            raise RuntimeError("failed before the obj")
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_files({p: p.suffix.encode() for p in names})
+    assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b".mtl", b".obj", b".png"]
+
+
+def test_failed_video_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import msd3d.export.video as video
+
+    target = tmp_path / "turntable.mp4"
+    target.write_bytes(b"previous")
+    with pytest.raises(ValueError):
+        write_video(np.zeros((2, 8, 8, 5), np.uint8), target)  # invalid frames: nothing written
+
+    def broken_writer(frames, path, fps, quality):
+        Path(path).write_bytes(b"partial mp4")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(video, "_write_mp4", broken_writer)
+    with pytest.raises(OSError, match="disk full"):
+        write_video(np.zeros((3, 8, 8, 3), np.uint8), target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["turntable.mp4"]
+
+
+# ------------------------------------------------------------------------------------------------
+# videos
+
+
+def analytic_sphere_render(cameras: Cameras, radius: float = R) -> dict[str, torch.Tensor]:
+    """Exact ray-sphere renders: rgb (albedo on white), world normals, depth, opacity."""
+    origins, dirs = cameras.rays()  # (B, H, W, 3)
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - radius**2
+    disc = b * b - c
+    hit = (disc > 0).float()[..., None]
+    t = (-b - disc.clamp(min=0).sqrt())[..., None]
+    points = origins + t * dirs
+    return {
+        "rgb": _albedo(points) * hit + (1 - hit),
+        "normals": points / radius * hit,
+        "depth": t * hit,
+        "opacity": hit,
+    }
+
+
+def test_mp4_decodes_to_requested_frames_and_size(tmp_path):
+    config = VideoConfig(frames=9, size=31, fps=12, panels=("rgb",), batch_size=4)  # odd size on purpose
+    frames = render_turntable(analytic_sphere_render, config, show_progress=False)
+    assert frames.shape == (9, 31, 31, 3) and frames.dtype == np.uint8
+    assert not np.array_equal(frames[0], frames[3])  # the view turns
+    path = write_video(frames, tmp_path / "turntable.mp4", fps=config.fps)
+    decoded = read_video_frames(path)
+    assert decoded.shape == (9, 32, 32, 3)  # padded to even for yuv420p
+    assert np.abs(decoded[:, :31, :31].astype(float) - frames).mean() < 6.0
+    assert [p.name for p in tmp_path.iterdir()] == ["turntable.mp4"]
+
+
+def test_gif_decodes_to_requested_frames_and_size(tmp_path):
+    config = VideoConfig(frames=6, size=24, fps=10, format="gif")
+    frames = render_turntable(analytic_sphere_render, config, show_progress=False)
+    path = write_video(frames, tmp_path / "turntable.gif", fps=config.fps)
+    decoded = read_video_frames(path)
+    assert decoded.shape == (6, 24, 24, 3)
+    assert np.abs(decoded.astype(float) - frames).mean() < 4.0
+
+
+def test_side_by_side_panels(tmp_path):
+    size = 32
+    config = VideoConfig(frames=4, size=size, elevation=0.0, panels=("rgb", "normals", "depth"), batch_size=3)
+    frames = render_turntable(analytic_sphere_render, config, show_progress=False)
+    assert frames.shape == (4, size, 3 * size, 3)
+    # frame 1 looks from azimuth 90° (+y): the centre normal points at the camera, +y → (0.5, 1, 0.5)
+    centre = frames[1, size // 2, size + size // 2].astype(float) / 255
+    np.testing.assert_allclose(centre, [0.5, 1.0, 0.5], atol=0.06)
+    # background of the normals and depth panels is the white background; rgb equals the render
+    assert (frames[:, 0, size] == 255).all() and (frames[:, 0, 2 * size] == 255).all()
+    expected = analytic_sphere_render(turntable_cameras_for(config))["rgb"].numpy()
+    assert np.abs(frames[:, :, :size].astype(float) - expected * 255).max() <= 0.5 + 1e-3
+    # depth: nearest foreground pixel (the sphere's centre) maps to the colormap's top end
+    import matplotlib
+
+    top = np.asarray(matplotlib.colormaps["turbo"](1.0)[:3]) * 255
+    assert np.abs(frames[0, size // 2, 2 * size + size // 2] - top).max() <= 2
+    path = write_video(frames, tmp_path / "panels.mp4", fps=8)
+    assert read_video_frames(path).shape == (4, size, 3 * size, 3)
+
+
+def test_missing_panel_and_bad_config_raise():
+    only_rgb = lambda cameras: {"rgb": analytic_sphere_render(cameras)["rgb"]}  # noqa: E731
+    with pytest.raises(Msd3dError, match="depth"):
+        render_turntable(only_rgb, VideoConfig(frames=2, size=8, panels=("rgb", "depth")), show_progress=False)
+    with pytest.raises(ValueError, match="video.panels"):
+        VideoConfig(panels=("rgb", "albedo")).validate()
+    with pytest.raises(ValueError, match="video.format"):
+        VideoConfig(format="avi").validate()
+    with pytest.raises(Msd3dError, match="unknown video format"):
+        write_video(np.zeros((1, 4, 4, 3), np.uint8), "clip.avi")
