@@ -127,8 +127,8 @@ def list_recipes() -> list[str]:
 def resolve_recipe(config: str | Path | None, prior: str | None = None, guidance: str | None = None) -> Path | None:
     """The YAML file for ``--config``: a path, or a shipped recipe name such as ``msd-oracle``.
 
-    With no ``--config``, ``--prior``/``--guidance`` pick ``<guidance>-<prior>.yaml`` when it is
-    shipped, else ``msd-<prior>.yaml`` (the guidance is then overridden by name).
+    With no ``--config``, ``--prior``/``--guidance`` (default sd / msd) pick ``<guidance>-<prior>.yaml``
+    when it is shipped, else ``msd-<prior>.yaml`` (the guidance is then overridden by name).
     """
     if config:
         path = Path(config)
@@ -140,8 +140,6 @@ def resolve_recipe(config: str | Path | None, prior: str | None = None, guidance
         if not named.is_file():
             raise ConfigError(f"unknown recipe {str(config)!r}; pass a YAML path or one of: {', '.join(list_recipes())}")
         return named
-    if prior is None and guidance is None:
-        return None
     prior = prior or "sd"
     for name in (f"{guidance or 'msd'}-{prior}", f"msd-{prior}"):
         if (recipe_dir() / f"{name}.yaml").is_file():

@@ -16,11 +16,12 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from msd3d.config import RunConfig, to_yaml
 from msd3d.errors import Msd3dError
@@ -58,6 +59,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def read_scalars(values: Sequence[Tensor | float]) -> list[float]:
+    """Python floats of scalars (floats, or one-element tensors on any device), in order.
+
+    The tensors of each device travel to the host in one copy: reading them one by one with
+    ``float()`` would wait for the accelerator once per value.
+    """
+    out: list[float] = [0.0] * len(values)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, value in enumerate(values):
+        if isinstance(value, Tensor):
+            by_device.setdefault(value.device, []).append(i)
+        else:
+            out[i] = float(value)
+    for device, index in by_device.items():
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # exact for float32/16 and bool
+        stacked = torch.stack([values[i].detach().reshape(()).to(dtype) for i in index])  # type: ignore[union-attr]
+        for i, value in zip(index, stacked.tolist()):
+            out[i] = value
+    return out
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -89,7 +111,9 @@ class Trainer:
         self.renderer: VolumeRenderer = build_renderer(config).to(self.device)
         self.optimizer = self._build_optimizer()
         self.prior = prior if prior is not None else build_prior(config.prior, self.device)
+        self.prior.validate_prompt(config.prompt)
         self.guidance: Guidance = build_guidance(config.guidance.name, self.prior, config.guidance)
+        self.guidance.defer_stats = True  # train_step reads every statistic in one host transfer
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
@@ -145,7 +169,10 @@ class Trainer:
         total = cfg.train.steps
         self.renderer.train()
         self.renderer.update_occupancy(step)
-        cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=self.generator).to(self.device)
+        cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=self.generator)
+        # prompts from the host copy of the cameras: reading device tensors would wait for the GPU
+        prompts = view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+        cameras = cameras.to(self.device)
         shading = choose_shading(step, cfg.shading, self.generator)
         lights = sample_light_positions(cameras, cfg.shading, self.generator) if needs_light(shading) else None
         out = self.renderer(
@@ -155,7 +182,6 @@ class Trainer:
             generator=self.generator,
             with_normals=cfg.regularisers.needs_normals(step, total),
         )
-        prompts = view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
         cond = self.prior.condition(prompts, negative_prompt=cfg.negative_prompt, cameras=cameras)
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
@@ -164,21 +190,24 @@ class Trainer:
         loss = sum(losses.values())
 
         self.optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
+        loss.backward()  # also when the loss is non-finite: the step is then dropped below, as before
+        grads = [p.grad for p in self.renderer.parameters() if p.grad is not None]
+        finite_flag = torch.stack([torch.isfinite(loss.detach()).all(), *(torch.isfinite(g).all() for g in grads)]).all()
+        # the guard's decision, the loss terms and the guidance statistics: one host transfer (one
+        # device sync) per step instead of one per gradient and per logged number
+        stat_names = list(guided.stats)
+        host = read_scalars([finite_flag, loss, *losses.values(), *(guided.stats[k] for k in stat_names)])
+        finite, loss_value = bool(host[0]), host[1]
         if finite:
-            loss.backward()
-            grads = [p.grad for p in self.renderer.parameters() if p.grad is not None]
-            finite = all(bool(torch.isfinite(g).all()) for g in grads)
-            if finite and cfg.train.grad_clip > 0:
+            if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), cfg.train.grad_clip)
-        if finite:
             self.optimizer.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
-        stats = {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
-        stats.update({k: float(v) for k, v in guided.stats.items()})
+        stats = {f"loss_{k}": v for k, v in zip(losses, host[2 : 2 + len(losses)])}
+        stats.update(zip(stat_names, host[2 + len(losses) :]))
         stats["shading"] = shading  # type: ignore[assignment]
-        return StepResult(loss=float(loss.detach()), finite=finite, stats=stats)
+        return StepResult(loss=loss_value, finite=finite, stats=stats)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, stop_at: int | None = None, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -213,8 +242,8 @@ class Trainer:
                     )
                     if cfg.val_every and self.step % cfg.val_every == 0:
                         self.save_validation(self.step)
-                    if self.step % cfg.checkpoint_every == 0:
-                        self._checkpoint(t0)
+                    if self.step % cfg.checkpoint_every == 0 and self.nonfinite_streak == 0:
+                        self._checkpoint(t0)  # never checkpoint inside a non-finite streak
                     if on_step is not None:
                         on_step(self.step)
                     if self._signal is not None:

@@ -14,6 +14,7 @@ Outputs (written atomically to the output folder): ``results.json`` (config and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -105,7 +106,7 @@ class MetricsConfig:
     reference_samples: int = 0
     """Exact samples to compare with; 0 = as many as there are particles (balanced sets)."""
     mmd_bandwidth: float = 0.0
-    """RBF bandwidth h of the MMD; 0 = 2.5 % of the canvas width."""
+    """RBF bandwidth h of the MMD; 0 = 10 % of the canvas width."""
 
     def validate(self) -> None:
         if self.knn_k < 1:
@@ -119,13 +120,13 @@ class EfficiencyConfig:
     """The gradient-estimation-efficiency study (error versus denoiser evaluations)."""
 
     enabled: bool = True
-    points: int = 64
+    points: int = 32
     """Random points, uniform on the canvas."""
     lambda_factors: tuple[float, ...] = (0.5, 2.0, 8.0)
     """Bandwidths studied, as multiples of the median component width (smallest std)."""
     kernels: tuple[str, ...] = KERNELS
     msd_sampler_steps: tuple[int, ...] = (1, 4, 16)
-    msd_samples: tuple[int, ...] = (1, 4, 16, 64)
+    msd_samples: tuple[int, ...] = (1, 4, 16)
     draws: tuple[int, ...] = (1, 4, 16, 64)
     """Independent calls averaged by SDS and SDI."""
 
@@ -221,6 +222,33 @@ def grid_particles(bounds: tuple[float, float, float, float], n: int) -> Tensor:
 
 
 # -- the run --------------------------------------------------------------------------------------
+class ParticleAdam:
+    """Adam (Kingma & Ba 2015) on one tensor of particles, with a settable learning rate.
+
+    Written out (a few lines) rather than ``torch.optim.Adam`` because the latter imports
+    ``torch._dynamo`` on construction, which takes longer than a whole toy run on a small CPU.
+    """
+
+    def __init__(self, param: Tensor, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        g = self.param.grad
+        if g is None:
+            return
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        self.param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+
 @dataclass
 class MethodRun:
     name: str
@@ -256,20 +284,17 @@ def optimise_particles(
 
     x = grid_particles(dataset.bounds, config.grid).requires_grad_(True)
     cond = prior.condition([prompt] * len(x))
-    opt = torch.optim.Adam([x], lr=lr, betas=config.optim.betas)
+    opt = ParticleAdam(x, betas=config.optim.betas)
     record_at = {round(i * (config.steps - 1) / (config.curve_points - 1)) for i in range(config.curve_points)}
     curve: list[tuple[int, float]] = []
     stats: dict[str, float] = {}
     for step in range(config.steps):
-        frac = progress(step, config.steps)
-        for group in opt.param_groups:
-            group["lr"] = interpolate(lr, lr_end, frac, config.optim.lr_schedule)
+        opt.lr = interpolate(lr, lr_end, progress(step, config.steps), config.optim.lr_schedule)
         if step in record_at:
             curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
         out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)
-        loss = out.loss(x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        x.grad = None
+        out.loss(x).backward()
         opt.step()
         stats = out.stats
         if on_step is not None:
@@ -279,16 +304,42 @@ def optimise_particles(
     return final, curve, stats
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily run torch with ``n`` intra-op threads (None: leave as is).
+
+    The toy's tensors are tiny (hundreds of particles times hundreds of components), so threading
+    costs more than it saves: on a busy 2-core machine one GMM denoiser call took 31 ms with one
+    thread and 390 ms with two.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_toy2d(
     config: Toy2DConfig,
     out_dir: Path | str | None = None,
     show_progress: bool = True,
+    num_threads: int | None = 1,
 ) -> dict[str, Any]:
     """Optimise particles with every method of ``config``, score them, study the estimators' efficiency
     and (with ``out_dir``) write ``results.json``, ``table.md`` and the plots. Returns the results dict.
 
-    Raises :class:`Msd3dError` for invalid settings or input files.
+    Raises :class:`Msd3dError` for invalid settings or input files. ``num_threads``: torch threads
+    during the run (see :func:`torch_threads`; restored afterwards).
     """
+    with torch_threads(num_threads):
+        return _run_toy2d(config, out_dir, show_progress)
+
+
+def _run_toy2d(config: Toy2DConfig, out_dir: Path | str | None, show_progress: bool) -> dict[str, Any]:
     try:
         config.validate()
     except ValueError as err:
@@ -311,7 +362,7 @@ def run_toy2d(
     canvas_width = bounds[1] - bounds[0]
     n_particles = config.grid**2
     n_ref = config.metrics.reference_samples or n_particles
-    bandwidth = config.metrics.mmd_bandwidth or 0.025 * canvas_width
+    bandwidth = config.metrics.mmd_bandwidth or 0.1 * canvas_width
     reference = prior.sample(n_ref, torch.Generator().manual_seed(config.seed + 1), prompt=prompt)
 
     runs: dict[str, MethodRun] = {}
@@ -370,6 +421,52 @@ def run_toy2d(
     if out_dir is not None:
         write_outputs(Path(out_dir), results, runs, dataset, prompt, config)
     return results
+
+
+def run_toy2d_suite(
+    config: Toy2DConfig,
+    datasets: Sequence[str],
+    out_dir: Path | str | None = None,
+    show_progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """:func:`run_toy2d` on several built-in datasets with the same settings.
+
+    Each dataset writes to ``out_dir/<name>/``; ``out_dir`` gets ``results.json`` (every dataset's
+    results by name) and ``table.md`` (a summary table, then each dataset's tables).
+    """
+    all_results: dict[str, dict[str, Any]] = {}
+    for name in datasets:
+        sub = None if out_dir is None else Path(out_dir) / name
+        all_results[name] = run_toy2d(replace(config, dataset=name, gmm=None), sub, show_progress)
+    if out_dir is not None:
+        out = Path(out_dir)
+        text = "# toy2d results\n\n" + summary_table(all_results) + "\n"
+        for res in all_results.values():
+            text += "\n" + results_table(res)
+            if res["efficiency"]:
+                text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(res["efficiency"])
+        atomic_write_text(out / "table.md", text)
+        atomic_write_text(out / "results.json", json.dumps(_json_safe(all_results), indent=1))
+    return all_results
+
+
+def summary_table(all_results: dict[str, dict[str, Any]]) -> str:
+    """NLL and on-mode fraction of every method on every dataset, as markdown."""
+    names = list(all_results)
+    methods: list[str] = []
+    for res in all_results.values():
+        methods += [m for m in res["methods"] if m not in methods]
+    lines = [
+        "| method | " + " | ".join(f"{n} NLL ↓ | {n} on-mode ↑" for n in names) + " |",
+        "|---|" + "---|---|" * len(names),
+    ]
+    for m in methods:
+        cells = []
+        for n in names:
+            r = all_results[n]["methods"].get(m)
+            cells += ["–", "–"] if r is None else [f"{r['nll']:.3f}", f"{r['on_mode']:.1%}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _efficiency(prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DConfig, prompt: str) -> list[dict]:
@@ -448,7 +545,7 @@ def atomic_save_figure(fig, path: Path, dpi: int = 110) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -578,11 +675,11 @@ def plot_particles(out_dir: Path, runs: dict[str, MethodRun], dataset: Dataset2D
         ax.set_yticks([])
 
     for name, run in runs.items():
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
         draw(ax, run)
         atomic_save_figure(fig, out_dir / f"particles_{name}.png")
         plt.close(fig)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.4), squeeze=False, layout="constrained")
     for ax, run in zip(axes[0], runs.values()):
         draw(ax, run)
     fig.suptitle(f"{dataset.name} (prompt {prompt!r}): final particles over log p", fontsize=10)
@@ -596,7 +693,7 @@ def plot_curves(path: Path, runs: dict[str, MethodRun], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
     for name, run in runs.items():
         steps, nll = zip(*run.curve)
         ax.plot(steps, nll, label=name)
@@ -610,57 +707,61 @@ def plot_curves(path: Path, runs: dict[str, MethodRun], title: str) -> None:
 
 
 def plot_efficiency(path: Path, rows: Sequence[dict], title: str) -> None:
-    """Left: MSD's relative error against the exact mean shift per kernel and lambda (solid: the
-    default sampler steps, one line per steps setting); right: cosine error against grad log p for
-    every estimator. x axis: denoiser evaluations per point."""
+    """One panel per bandwidth: MSD's relative error against the exact mean shift (colour: kernel,
+    line style: sampler steps; black dotted: the floor of exact, independent samples of ``q``).
+    Last panel: ``1 - cos`` against ``grad log p`` for SDS, SDI and MSD at the smallest bandwidth.
+    x axis: denoiser evaluations per point (the number of samples or draws grows along each line)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(11, 4.2))
     msd = [r for r in rows if r["method"] == "msd"]
-    colors = {"exp": "tab:red", "diffused": "tab:purple", "posterior": "tab:green"}
     lambdas = sorted({r["lambda"] for r in msd})
-    styles = ["-", "--", ":", "-."]
     steps_all = sorted({r["sampler_steps"] for r in msd})
-    markers = ["o", "s", "^", "D", "v"]
-    for i, lam in enumerate(lambdas):
-        for kernel in colors:
+    colors = {"exp": "tab:red", "diffused": "tab:purple", "posterior": "tab:green"}
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D"]
+    fig, axes = plt.subplots(
+        1, len(lambdas) + 1, figsize=(4.2 * (len(lambdas) + 1), 4.0), squeeze=False, layout="constrained"
+    )
+    axes = axes[0]
+
+    def lines(ax, pts_of, key: str, label_prefix: str = "") -> None:
+        for kernel, color in colors.items():
             for j, n_steps in enumerate(steps_all):
-                pts = [r for r in msd if r["lambda"] == lam and r["kernel"] == kernel and r["sampler_steps"] == n_steps]
-                if not pts:
-                    continue
-                pts.sort(key=lambda r: r["evaluations"])
-                ev = [r["evaluations"] for r in pts]
-                label = f"{kernel}, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None
-                ax_m.plot(ev, [r["rel_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
-                          color=colors[kernel], label=label, alpha=0.85)
-                if kernel == "posterior" and i == 0:
-                    ax_c.plot(ev, [r["cos_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
-                              color=colors[kernel], alpha=0.85,
-                              label=f"msd posterior, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None)
-                if kernel == "exp" and i == 0:
-                    ax_c.plot(ev, [r["cos_error"] for r in pts], styles[i % 4], marker=markers[j % 5], ms=3,
-                              color=colors[kernel], alpha=0.85,
-                              label=f"msd exp, λ={pts[0]['lambda_factor']:.2g}w" if j == len(steps_all) - 1 else None)
-    if msd:
-        ideal = [r for r in msd if r["lambda"] == lambdas[0] and r["kernel"] == "posterior" and r["sampler_steps"] == steps_all[-1]]
-        ideal.sort(key=lambda r: r["evaluations"])
-        ax_m.plot([r["evaluations"] for r in ideal], [r["ideal_rel_error"] for r in ideal], "k:", lw=1,
-                  label="exact-sample floor (λ smallest)")
+                pts = sorted(pts_of(kernel, n_steps), key=lambda r: r["evaluations"])
+                if pts:
+                    ax.plot([r["evaluations"] for r in pts], [max(r[key], 1e-12) for r in pts], styles[j % 4],
+                            marker=markers[j % 4], ms=3, color=color, alpha=0.85,
+                            label=f"{label_prefix}{kernel}, {n_steps} steps")
+
+    for ax, lam in zip(axes[:-1], lambdas):
+        at = [r for r in msd if r["lambda"] == lam]
+        lines(ax, lambda k, n: [r for r in at if r["kernel"] == k and r["sampler_steps"] == n], "rel_error")
+        floor = sorted((r for r in at if r["sampler_steps"] == steps_all[0]), key=lambda r: r["evaluations"])
+        floor = {r["draws"]: r["ideal_rel_error"] for r in floor}
+        draws = sorted(floor)
+        ax.plot(draws, [floor[d] for d in draws], "k:", lw=1, label="exact samples of q (per draw)")
+        ax.set_title(f"{title}: MSD, λ = {at[0]['lambda_factor']:.2g} × width ({lam:.3g})", fontsize=9)
+        ax.set_ylabel("relative error vs exact mean shift")
+    ax_c = axes[-1]
+    if lambdas:
+        at = [r for r in msd if r["lambda"] == lambdas[0]]
+        lines(ax_c, lambda k, n: [r for r in at if r["kernel"] == k and r["sampler_steps"] == n], "cos_error", "msd ")
     for name, color in (("sds", "tab:blue"), ("sdi", "tab:orange")):
         pts = sorted((r for r in rows if r["method"] == name), key=lambda r: r["evaluations"])
         if pts:
-            ax_c.plot([r["evaluations"] for r in pts], [r["cos_error"] for r in pts], "-o", ms=3, color=color, label=name)
-    for ax, ylabel in ((ax_m, "relative error vs exact mean shift"), (ax_c, "1 − cos(estimate, ∇log p)")):
+            ax_c.plot([r["evaluations"] for r in pts], [max(r["cos_error"], 1e-12) for r in pts], "-o", ms=3,
+                      color=color, lw=2, label=name)
+    ax_c.set_title(f"{title}: direction error (MSD at smallest λ)", fontsize=9)
+    ax_c.set_ylabel("1 − cos(estimate, ∇log p)")
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("denoiser evaluations per point")
-        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
-    ax_m.set_title(f"{title}: MSD (markers: sampler steps {', '.join(map(str, steps_all))})", fontsize=9)
-    ax_c.set_title(f"{title}: direction error", fontsize=9)
+    axes[0].legend(fontsize=6)
+    ax_c.legend(fontsize=6)
     atomic_save_figure(fig, path)
     plt.close(fig)

@@ -20,7 +20,11 @@ from msd3d.priors.base import Condition, DiffusionPrior
 
 @dataclass
 class GuidanceOutput:
-    """target: (B, *data) detached; weight: (B,); stats: scalars for logging."""
+    """target: (B, *data) detached; weight: (B,); stats: scalars for logging.
+
+    ``stats`` values are floats, or 0-dim device tensors when the method's ``defer_stats`` is on
+    (both convert with ``float()``; see :func:`stat`).
+    """
 
     target: Tensor
     weight: Tensor
@@ -41,6 +45,10 @@ class Guidance(abc.ABC):
     """A distillation method written against :class:`DiffusionPrior` only."""
 
     name: str = "guidance"
+    #: Leave statistics computed on an accelerator as 0-dim tensors in ``GuidanceOutput.stats``
+    #: instead of copying each to the host (a device sync per value); a caller that reads them all
+    #: with one transfer (the trainer) turns this on.
+    defer_stats: bool = False
 
     def __init__(self, prior: DiffusionPrior) -> None:
         self.prior = prior
@@ -85,16 +93,37 @@ def progress(step: int, total_steps: int) -> float:
     return min(max(step / max(total_steps - 1, 1), 0.0), 1.0)
 
 
+def stat(value: Tensor | float, defer: bool = False) -> Tensor | float:
+    """A logging statistic: a float, or with ``defer`` a detached 0-dim tensor left on its accelerator.
+
+    CPU tensors always become floats (free); reading an accelerator tensor waits for the device.
+    """
+    if isinstance(value, Tensor):
+        value = value.detach()
+        if defer and value.device.type != "cpu":
+            return value
+    return float(value)
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``. A CPU -> CUDA copy is staged in pinned memory and does not block the
+    host: a plain ``.to("cuda")`` of pageable memory waits for all queued GPU work first."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like x, drawn on the generator's device then moved."""
     if generator is None:
         return torch.randn_like(x)
     noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device=x.device, dtype=x.dtype)
+    return to_device(noise, x.device).to(x.dtype)
 
 
 def rand(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """n uniform numbers in [0, 1)."""
     if generator is None:
         return torch.rand(n, device=device)
-    return torch.rand(n, generator=generator, device=generator.device).to(device)
+    return to_device(torch.rand(n, generator=generator, device=generator.device), device)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, randn_like
+from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, randn_like, stat
 from msd3d.priors.base import Condition, DiffusionPrior
 
 KERNELS = ("exp", "diffused", "posterior")
@@ -162,7 +162,7 @@ class MSD(Guidance):
         weight = torch.full((x.shape[0],), self.config.weight, device=x.device)
         stats = {
             "lambda": lam,
-            "mean_shift_norm": float(shift.mean()),
-            "sample_spread": float(ys.std(0).mean()) if ys.shape[0] > 1 else 0.0,
+            "mean_shift_norm": stat(shift.mean(), self.defer_stats),
+            "sample_spread": stat(ys.std(0).mean(), self.defer_stats) if ys.shape[0] > 1 else 0.0,
         }
         return GuidanceOutput(target=target.detach(), weight=weight, stats=stats)

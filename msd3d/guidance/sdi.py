@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, randn_like
-from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, sample_times, sds_weight
+from msd3d.guidance.base import Guidance, GuidanceOutput, randn_like, stat
+from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, _draw_device, sample_times, sds_weight
 from msd3d.priors.base import Condition, DiffusionPrior
 
 
@@ -89,7 +89,7 @@ class SDI(Guidance):
         c = self.config
         x = x.detach()
         # one shared time per step: the inversion walks the whole batch through the same levels
-        t = float(sample_times(c, 1, step, total_steps, generator, x.device)[0])
+        t = float(sample_times(c, 1, step, total_steps, generator, _draw_device(generator, x))[0])
         z, sigma_t = ddim_invert(
             self.prior, x, cond, t, c.inversion_steps, c.inversion_guidance_scale, c.inversion_eta, generator
         )
@@ -97,5 +97,5 @@ class SDI(Guidance):
         sigma = torch.full((x.shape[0],), sigma_t, device=x.device)
         weight = c.weight * sds_weight(sigma, c.weighting)
         noise_norm = ((z - x) / sigma_t).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())
-        stats = {"t": t, "sigma": sigma_t, "inverted_noise_rms": float(noise_norm.mean())}
+        stats = {"t": t, "sigma": sigma_t, "inverted_noise_rms": stat(noise_norm.mean(), self.defer_stats)}
         return GuidanceOutput(target=target.detach(), weight=weight, stats=stats)

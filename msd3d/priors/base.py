@@ -101,6 +101,10 @@ class DiffusionPrior(abc.ABC):
         """Encode one prompt per sample. ``cameras`` lets view-aware priors (the oracle) see the
         exact camera of each sample; other priors ignore it."""
 
+    def validate_prompt(self, prompt: str) -> None:
+        """Raise a one-line :class:`~msd3d.errors.Msd3dError` if this prior cannot serve ``prompt``
+        (checked before any work starts); every prompt is fine for text-conditioned priors."""
+
     # -- denoising -----------------------------------------------------------------------------
     @abc.abstractmethod
     def denoise_raw(self, z: Tensor, sigma: Tensor, payload: Any) -> Tensor:
@@ -116,9 +120,12 @@ class DiffusionPrior(abc.ABC):
         batch = z.shape[0]
         if cond.batch_size != batch:
             raise ValueError(f"condition has batch {cond.batch_size} but z has batch {batch}")
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=z.device)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(batch)
+        if isinstance(sigma, Tensor):
+            sigma = sigma.to(dtype=torch.float32, device=z.device)
+            if sigma.ndim == 0:
+                sigma = sigma.expand(batch)
+        else:  # a fill on the device, not a host-to-device copy (which would wait for queued work)
+            sigma = torch.full((batch,), float(sigma), dtype=torch.float32, device=z.device)
         use_cfg = cond.uncond is not None and guidance_scale != 1.0
         if not use_cfg:
             self._count(batch)

@@ -168,6 +168,9 @@ class OraclePrior(DiffusionPrior):
         raises :class:`~msd3d.errors.Msd3dError` listing the families when none matches."""
         return match_family(prompt, self.catalogue)
 
+    def validate_prompt(self, prompt: str) -> None:
+        self.family_for(prompt)
+
     def list_catalogue(self) -> list[dict]:
         return list_catalogue(self.catalogue)
 

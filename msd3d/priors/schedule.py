@@ -25,6 +25,7 @@ class VPSchedule:
         self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()  # (T,), increasing
         self.log_sigmas = self.sigmas.log()
         self.num_timesteps = len(alphas_cumprod)
+        self._log_sigma_tables: dict[torch.device, Tensor] = {torch.device("cpu"): self.log_sigmas}
 
     @classmethod
     def scaled_linear(
@@ -49,21 +50,42 @@ class VPSchedule:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
+    def log_sigma_table(self, device: torch.device | str = "cpu") -> Tensor:
+        """``log_sigmas`` (T,) on ``device``, copied there once and cached.
+
+        float64 wherever the device supports it (CPU, CUDA), so the conversions below give the same
+        numbers on every device and never move their inputs to the host (no device sync).
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        table = self._log_sigma_tables.get(device)
+        if table is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+            table = self.log_sigmas.to(device=device, dtype=dtype)
+            self._log_sigma_tables[device] = table
+        return table
+
     def timestep_from_sigma(self, sigma: Tensor) -> Tensor:
-        """Continuous timestep in ``[0, T-1]`` whose (log-interpolated) sigma equals ``sigma``."""
-        log_sigma = sigma.detach().double().cpu().clamp(self.sigma_min, self.sigma_max).log()
-        idx = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, self.num_timesteps - 1)
-        lo, hi = self.log_sigmas[idx - 1], self.log_sigmas[idx]
+        """Continuous timestep in ``[0, T-1]`` whose (log-interpolated) sigma equals ``sigma``.
+
+        Computed on ``sigma``'s device (no host round trip); returns float32 there.
+        """
+        table = self.log_sigma_table(sigma.device)
+        log_sigma = sigma.detach().to(table.dtype).clamp(self.sigma_min, self.sigma_max).log()
+        idx = torch.searchsorted(table, log_sigma).clamp(1, self.num_timesteps - 1)
+        lo, hi = table[idx - 1], table[idx]
         frac = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-        return (idx - 1 + frac).to(dtype=torch.float32, device=sigma.device)
+        return (idx - 1 + frac).to(torch.float32)
 
     def sigma_from_timestep(self, timestep: Tensor) -> Tensor:
-        """Sigma at a (possibly fractional) timestep, interpolated in log sigma."""
-        t = timestep.detach().double().cpu().clamp(0, self.num_timesteps - 1)
+        """Sigma at a (possibly fractional) timestep, interpolated in log sigma, on ``timestep``'s device."""
+        table = self.log_sigma_table(timestep.device)
+        t = timestep.detach().to(table.dtype).clamp(0, self.num_timesteps - 1)
         lo = t.floor().long().clamp(max=self.num_timesteps - 2)
         frac = t - lo
-        log_sigma = (1 - frac) * self.log_sigmas[lo] + frac * self.log_sigmas[lo + 1]
-        return log_sigma.exp().to(dtype=torch.float32, device=timestep.device)
+        log_sigma = (1 - frac) * table[lo] + frac * table[lo + 1]
+        return log_sigma.exp().to(torch.float32)
 
     def sigma_from_time(self, u: Tensor) -> Tensor:
         """Sigma at normalised diffusion time ``u in [0, 1]`` (``u * (T-1)`` timesteps)."""

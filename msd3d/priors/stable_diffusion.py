@@ -39,6 +39,7 @@ from msd3d.priors.schedule import VPSchedule
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TIMESTEP_MAPPINGS = ("interp", "nearest")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -63,6 +64,14 @@ class StableDiffusionConfig:
     """Run the UNet and VAE in channels-last memory format (often faster on GPUs)."""
     compile_unet: bool = False
     """torch.compile the UNet forward (CUDA only; the first calls are slow while it compiles)."""
+    compile_mode: str = "default"
+    """torch.compile mode of the UNet: "default", "reduce-overhead" (CUDA graphs: least launch
+    overhead, one graph per batch size), "max-autotune" or "max-autotune-no-cudagraphs"."""
+    compile_vae: bool = False
+    """torch.compile the differentiable encode (resize + VAE encoder, forward and backward; CUDA only)."""
+    cudnn_benchmark: bool = True
+    """On CUDA, let cuDNN pick the fastest convolution algorithms for the (fixed) shapes of a run
+    (sets the process-wide ``torch.backends.cudnn.benchmark``)."""
     attention_slicing: bool = False
     """Compute attention in slices to save memory (slower)."""
     local_files_only: bool = False
@@ -77,6 +86,8 @@ class StableDiffusionConfig:
             raise ValueError("prior.sd.render_size must be a positive multiple of 8")
         if self.timestep_mapping not in TIMESTEP_MAPPINGS:
             raise ValueError(f"prior.sd.timestep_mapping must be one of {', '.join(TIMESTEP_MAPPINGS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"prior.sd.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,8 +340,18 @@ class StableDiffusionPrior(DiffusionPrior):
         if config.attention_slicing and hasattr(unet, "set_attention_slice"):
             unet.set_attention_slice("auto")
         self._unet_forward = unet
-        if config.compile_unet and device.type == "cuda":
-            self._unet_forward = torch.compile(unet)
+        self._encode_latents = self._encode_latents_eager
+        #: CUDA graphs replay into fixed buffers: mark a new step before each call (outputs are copied at once)
+        self._cudagraph_steps = False
+        if device.type == "cuda":
+            if config.cudnn_benchmark:
+                torch.backends.cudnn.benchmark = True
+            if config.compile_unet:
+                # dynamic=False: one specialised graph per batch size (CFG 2B, no-CFG B), no symbolic shapes
+                self._unet_forward = torch.compile(unet, mode=config.compile_mode, dynamic=False)
+                self._cudagraph_steps = config.compile_mode in ("reduce-overhead", "max-autotune")
+            if config.compile_vae:
+                self._encode_latents = torch.compile(self._encode_latents_eager, dynamic=False)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(vae.config.latent_channels)
         self.latent_size = config.render_size // self.vae_scale_factor
@@ -391,12 +412,17 @@ class StableDiffusionPrior(DiffusionPrior):
         z_vp = (z32 * c_in).to(device=self.device, dtype=self.model_dtype)
         if self.config.channels_last:
             z_vp = z_vp.contiguous(memory_format=torch.channels_last)
-        timestep = self.unet_timestep(sigma.float()).to(self.device)
+        # on the model's device: no host round trip (the schedule interpolates there)
+        timestep = self.unet_timestep(sigma.to(device=self.device, dtype=torch.float32))
+        if self._cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         out = self._unet_forward(
             z_vp, timestep, encoder_hidden_states=payload.to(device=self.device, dtype=self.model_dtype),
             return_dict=False,
         )[0]
-        out = out.float().to(z.device)
+        if self._cudagraph_steps and out.dtype == torch.float32:
+            out = out.clone()  # a CUDA graph's output buffer is overwritten by its next replay
+        out = out.float().to(z.device)  # (.float() of fp16/bf16 is already a copy)
         if self.prediction_type == "epsilon":
             d = z32 - s * out
         elif self.prediction_type == "v_prediction":
@@ -411,8 +437,12 @@ class StableDiffusionPrior(DiffusionPrior):
 
         Differentiable with respect to ``images`` (the weights are frozen, not the graph).
         """
+        return self._encode_latents(images.to(self.device))
+
+    def _encode_latents_eager(self, images: Tensor) -> Tensor:
+        """:meth:`encode` on the model's device (what ``compile_vae`` compiles)."""
         size = self.config.render_size
-        x = images.to(self.device)
+        x = images
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         x = (2.0 * x - 1.0).to(self.model_dtype)

@@ -1,0 +1,165 @@
+"""``msd3d batch FILE.yaml``: train every prompt of a batch file into its own run directory.
+
+Exit codes: 0 when no entry failed (ok or skipped), 1 when any entry failed (each failure is
+recorded in ``batch_summary.json`` / ``.csv`` with its error line), 2 when the batch file or an
+option is unusable (nothing runs), 130 when interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+STATUS_STYLES = {"ok": "green", "skipped": "cyan", "failed": "bold red", "interrupted": "yellow", "not run": "dim"}
+ACTION_STYLES = {"train": "green", "resume": "yellow", "skip": "cyan", "invalid": "bold red"}
+
+
+def batch(
+    file: Path = typer.Argument(..., help="Batch YAML: 'prompts' (+ optional 'defaults'); see configs/batch-example.yaml."),
+    out: Optional[Path] = typer.Option(None, help="Batch root folder (default: outputs/<FILE stem>)."),
+    shard: Optional[str] = typer.Option(
+        None, metavar="I/N", help="Run only the entries with index % N == I (0-based), e.g. 0/4 ... 3/4 on four machines."
+    ),
+    device: Optional[str] = typer.Option(None, help="Device for every entry, overriding the file: auto, cpu, cuda, cuda:N."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the resolved entries and run directories; train nothing."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop after the first failed entry."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train every prompt of FILE; finished entries are skipped and interrupted ones resume.
+
+    Writes <out>/batch_summary.json and .csv. Exit code 0 if no entry failed, 1 if any failed.
+    """
+    from msd3d.cli import fail, user_errors  # here, not at module level: msd3d.cli imports this module
+
+    with user_errors():
+        from datetime import datetime, timezone
+
+        from msd3d.batch import default_batch_root, load_batch_file, parse_shard, plan_batch, run_batch, summary_stem
+        from msd3d.batch import write_batch_summary
+
+        shard_range = parse_shard(shard)
+        batch_file = load_batch_file(file)
+        root = out if out is not None else default_batch_root(file)
+        plan = plan_batch(batch_file, root, shard=shard_range, device=device)
+        if dry_run:
+            _print_plan(plan, root, shard)
+            raise typer.Exit(1 if any(p.action == "invalid" for p in plan) else 0)
+
+        counts = {a: sum(p.action == a for p in plan) for a in ("train", "resume", "skip", "invalid")}
+        _log(
+            f"batch {file}: {len(plan)} entries{f' (shard {shard})' if shard else ''} -> {root}: "
+            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} finished, {counts['invalid']} invalid"
+        )
+        for item in plan:
+            if item.action == "invalid":
+                _log(f"  {item.error}")
+        stem = summary_stem(shard_range)
+        meta: dict[str, Any] = {
+            "batch_file": str(file),
+            "root": str(root),
+            "shard": shard,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        done: list = []
+
+        def save_progress(result) -> None:  # keep the summary current, so a crash still leaves one
+            done.append(result)
+            write_batch_summary(done, root, stem, meta)
+
+        result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
+        json_path, csv_path = write_batch_summary(result, root, stem, meta)
+        _print_results(result, root)
+        typer.echo(f"summary: {json_path} and {csv_path}")
+        if result.interrupted:
+            fail(f"batch interrupted; rerun the same command to resume (summary in {json_path})", 130)
+        if result.failed:
+            _log(f"{result.failed} of {len(result.entries)} entries failed; see the error column of {csv_path}")
+            raise typer.Exit(1)
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _table(title: str):
+    from rich.markup import escape
+    from rich.table import Table
+
+    return Table(title=escape(title), title_justify="left", show_lines=False, header_style="bold")
+
+
+def _add_column(table, name: str) -> None:
+    """Short columns never wrap; the prompt and the last (path / error) column fold."""
+    numeric = name in ("steps", "seconds", "PSNR mode/blend")
+    if name in ("prompt", "run directory / error"):
+        table.add_column(name, overflow="fold", min_width=10)
+    elif name in ("#", "seed", "status", "action", "steps", "seconds"):
+        table.add_column(name, no_wrap=True, justify="right" if numeric else "left")
+    else:
+        table.add_column(name, overflow="fold", justify="right" if numeric else "left")
+
+
+def _print_plan(plan, root: Path, shard: Optional[str]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    table = _table(f"batch plan -> {root}{f' (shard {shard})' if shard else ''}")
+    for name in ("#", "prompt", "seed", "steps", "prior/guidance", "action", "run directory / error"):
+        _add_column(table, name)
+    for item in plan:
+        action = f"[{ACTION_STYLES[item.action]}]{item.action}[/]"
+        if item.config is None or item.action == "invalid":
+            table.add_row(str(item.index), escape(item.prompt), "", "", "", action, escape(_clip(item.error or "")))
+            continue
+        cfg = item.config
+        table.add_row(
+            str(item.index), escape(item.prompt), str(cfg.seed), str(cfg.train.steps),
+            f"{cfg.prior.name}/{cfg.guidance.name}", action, escape(_short(item.run_dir, root)),
+        )
+    Console(soft_wrap=False).print(table)
+
+
+def _short(path: Any, root: Path) -> str:
+    """``path`` relative to the batch root when inside it (the tables' titles name the root)."""
+    if path is None:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    """Long error lines are cut in the table; the summary files keep them whole."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _psnr(scores: dict[str, Any]) -> str:
+    """``"17.57/19.54"`` (dB) when the prior scored the run (the oracle), else empty."""
+    if scores.get("mode_psnr") is None:
+        return ""
+    return f"{scores['mode_psnr']:.2f}/{_fmt(scores.get('blend_psnr'), '.2f')}"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _print_results(result, root: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    counts = ", ".join(f"{n} {status}" for status, n in result.counts().items())
+    table = _table(f"batch finished in {result.seconds:.1f} s: {counts} -> {root}")
+    for name in ("#", "prompt", "seed", "status", "steps", "seconds", "PSNR mode/blend", "run directory / error"):
+        _add_column(table, name)
+    for e in result.entries:
+        scores = e.scores or {}
+        table.add_row(
+            str(e.index), escape(e.prompt), _fmt(e.seed, "d"), f"[{STATUS_STYLES.get(e.status, '')}]{e.status}[/]",
+            _fmt(e.steps, "d"), f"{e.seconds:.1f}", _psnr(scores),
+            escape(_clip(e.error or "") if e.status in ("failed", "interrupted", "not run") else _short(e.run_dir, root)),
+        )
+    Console(soft_wrap=False).print(table)

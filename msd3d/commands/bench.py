@@ -1,0 +1,130 @@
+"""``msd3d bench``: how fast one training step and the guidance alone run, per method.
+
+Registered by the CLI as ``app.command("bench")(bench)``. Heavy modules (torch, diffusers, nerfacc)
+are imported inside the command, so ``msd3d --help`` stays instant. Every input or environment
+problem exits with status 2 and one line on stderr starting with ``error:``.
+
+    msd3d bench --random-weights tiny --device cpu                    # CPU smoke check
+    msd3d bench --random-weights sd21 --compile --json bench.json     # the real architecture on a GPU
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, NoReturn, Optional
+
+import typer
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def bench(
+    overrides: Annotated[
+        Optional[List[str]],
+        typer.Argument(help="Config overrides as key=value (e.g. guidance.msd.sampler_steps=8); they win over options."),
+    ] = None,
+    random_weights: Annotated[
+        Optional[str],
+        typer.Option(help="Stable Diffusion with random weights: tiny (tests, CPU) or sd21 (SD-2.1-base "
+                     "architecture, ~866 M-parameter UNet: the true speed without the weights)."),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="SD hub id or local diffusers folder, instead of --random-weights. "
+                     "Neither: the recipe's prior (e.g. --config msd-oracle for the CPU oracle)."),
+    ] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated guidance methods (sds, msd, sdi) or 'all'.")] = "sds,msd,sdi",
+    steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
+    resolution: Annotated[int, typer.Option(help="Training render size, H = W (render.resolution).")] = 64,
+    batch: Annotated[int, typer.Option(help="Views per step (camera.batch_size).")] = 1,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Model dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32.")] = "auto",
+    compile: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile the UNet (CUDA; compile time reported apart).")
+    ] = False,
+    compile_mode: Annotated[
+        str, typer.Option(help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+                          "max-autotune-no-cudagraphs.")
+    ] = "default",
+    compile_vae: Annotated[
+        bool, typer.Option("--compile-vae/--no-compile-vae", help="Also torch.compile the VAE encode (CUDA).")
+    ] = False,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last/--no-channels-last", help="UNet and VAE in channels-last memory format.")
+    ] = False,
+    config: Annotated[
+        Optional[str], typer.Option("--config", "-c", help="Recipe YAML path or shipped name (default msd-sd).")
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="Prompt of the benchmarked run (the text is not timed).")] = (
+        "a DSLR photo of a delicious hamburger"
+    ),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    start_step: Annotated[int, typer.Option(help="Training step of the first warm-up step (schedules follow it).")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
+) -> None:
+    """Time one full training step (render, VAE encode, guidance, backward, Adam) and the guidance
+    alone for SDS, MSD and SDI; print ms/step, it/s, denoiser calls/step and peak GPU memory."""
+    from msd3d.errors import Msd3dError
+
+    try:
+        from rich.console import Console
+
+        from msd3d.bench import BenchConfig, parse_methods, print_report, run_bench
+
+        if random_weights is not None and random_weights not in ("tiny", "sd21"):
+            raise Msd3dError(f"unknown --random-weights {random_weights!r}; choose tiny or sd21")
+        if random_weights is not None and model is not None:
+            raise Msd3dError("--random-weights and --model are alternatives; pass one of them")
+        if threads < 0:
+            raise Msd3dError(f"--threads must be 0 (default) or positive, got {threads}")
+        for flag, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0), ("--resolution", resolution, 8),
+                                 ("--batch", batch, 1), ("--start-step", start_step, 0)):
+            if value < low:
+                raise Msd3dError(f"{flag} must be at least {low}, got {value}")
+        overrides = list(overrides or [])
+        for item in overrides:
+            if "=" not in item or item.startswith("="):
+                raise Msd3dError(f"override {item!r} is not key=value (e.g. guidance.msd.sampler_steps=8)")
+        settings = BenchConfig(
+            methods=parse_methods(methods),
+            random_weights=random_weights,
+            model=model,
+            steps=steps,
+            warmup=warmup,
+            resolution=resolution,
+            batch=batch,
+            device=device,
+            dtype=dtype,
+            compile=compile,
+            compile_mode=compile_mode,
+            compile_vae=compile_vae,
+            channels_last=channels_last,
+            recipe=config,
+            overrides=tuple(overrides),
+            prompt=prompt,
+            seed=seed,
+            start_step=start_step,
+        )
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
+        report = run_bench(settings, log=log)
+    except Msd3dError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+    console = Console(width=max(132, Console().width))
+    print_report(report, console)
+    if json_path is not None:
+        report.write_json(json_path)
+        typer.echo(f"wrote {json_path}")

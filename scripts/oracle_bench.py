@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Text-to-3D benchmark on the offline oracle prior: MSD versus SDS (and SDI) on every catalogue family.
+
+Each (family, method) pair is one real run of :func:`msd3d.generate.generate` with the shipped recipe
+``configs/<method>-oracle.yaml`` on the CPU, prompt ``"a <family>"``. The oracle scores the finished
+NeRF on a turntable (``OraclePrior.evaluate``): **mode PSNR** is the PSNR to the nearest catalogue
+variant (what a mode-seeking method should reach), **blend PSNR** the PSNR to the variants' per-view
+average (what a mean-seeking method converges to). ``mode - blend`` > 0 means the run landed on one
+variant rather than on their blend.
+
+The table (also ``table.md``) has one row per run: family, method, steps, wall time (training +
+scoring + exports), training it/s, mode PSNR, blend PSNR, mode - blend, nearest variant; and summary
+rows: mean per method and the number of families where MSD's mode PSNR beats SDS's (and SDI's).
+``results.json`` holds the rows, the summary and the command. Every run keeps its directory under
+``--out`` (``<family>-<method>/``: ``summary.json``, ``validation/*.png``, ``turntable.mp4``, mesh,
+checkpoint), so the renders can be inspected.
+
+    python scripts/oracle_bench.py                               # all families, MSD and SDS
+    python scripts/oracle_bench.py --families mushroom,donut --methods msd,sds,sdi --steps 100
+    python scripts/oracle_bench.py --skip-existing               # resume a partially done bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from msd3d.config import RunConfig, load_config, recipe_dir
+from msd3d.errors import Msd3dError
+from msd3d.export.atomic import atomic_write_text
+from msd3d.generate import generate
+from msd3d.priors.catalogue import CATALOGUE
+from msd3d.run_dir import RunDir, read_json, write_json
+
+METHODS = ("msd", "sds", "sdi")
+DEFAULT_OUT = Path("results") / "oracle_bench"
+
+
+@dataclass
+class BenchRow:
+    """One finished run, as the table shows it."""
+
+    family: str
+    method: str
+    steps: int
+    wall_s: float
+    """Seconds of the whole run: training, scoring and exports (summed over resumed sessions' training)."""
+    train_s: float
+    it_per_s: float
+    mode_psnr: float
+    blend_psnr: float
+    nearest_variant: str
+    run_dir: str
+    validation_png: str | None = None
+    video: str | None = None
+
+    @property
+    def mode_minus_blend(self) -> float:
+        return self.mode_psnr - self.blend_psnr
+
+
+def recipe_path(method: str) -> Path:
+    """``configs/<method>-oracle.yaml``; a clear error when it is not shipped."""
+    path = recipe_dir() / f"{method}-oracle.yaml"
+    if not path.is_file():
+        raise Msd3dError(f"no recipe {path.name} in {recipe_dir()}; choose --methods among the shipped *-oracle recipes")
+    return path
+
+
+def family_prompt(family: str) -> str:
+    return f"a {family}"
+
+
+def run_config(method: str, family: str, args: argparse.Namespace, run_dir: Path) -> RunConfig:
+    """The shipped recipe for ``method`` with the bench's overrides (steps, seed, resolution, --set)."""
+    values: dict[str, Any] = {
+        "prompt": family_prompt(family),
+        "device": "cpu",
+        "out": str(run_dir),
+        "guidance.name": method,
+        "seed": args.seed,
+        "train.steps": args.steps,
+        "render.resolution": args.resolution,
+    }
+    return load_config(recipe_path(method), list(args.set or []), values)
+
+
+def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:
+    scores = summary.get("scores") or {}
+    if "mode_psnr" not in scores:
+        raise Msd3dError(f"{summary.get('run_dir')}: summary.json has no oracle scores; was it an oracle run?")
+    train_s = float(summary.get("train_seconds") or 0.0)
+    if wall_s is None:  # a run finished by an earlier bench invocation
+        wall_s = float(summary.get("bench_wall_seconds") or train_s + float(summary.get("finish_seconds") or 0.0))
+    steps = int(summary["steps"])
+    return BenchRow(
+        family=family,
+        method=method,
+        steps=steps,
+        wall_s=wall_s,
+        train_s=train_s,
+        it_per_s=steps / train_s if train_s > 0 else float("nan"),
+        mode_psnr=float(scores["mode_psnr"]),
+        blend_psnr=float(scores["blend_psnr"]),
+        nearest_variant=str(scores.get("nearest_variant", "")),
+        run_dir=str(summary.get("run_dir", "")),
+        validation_png=summary.get("validation_png"),
+        video=(summary.get("video") or {}).get("file"),
+    )
+
+
+def run_one(family: str, method: str, args: argparse.Namespace, console: Console) -> BenchRow:
+    """Train (or reuse, with --skip-existing) one run and return its row."""
+    run_dir = Path(args.out) / f"{family}-{method}"
+    run = RunDir(run_dir)
+    if run_dir.exists() and not (args.skip_existing or args.overwrite):
+        raise Msd3dError(
+            f"{run_dir} already exists; pass --skip-existing to keep finished runs (and resume unfinished ones) "
+            "or --overwrite to start again"
+        )
+    if args.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = run_config(method, family, args, run_dir)
+    if args.skip_existing and run.summary.is_file():
+        summary = read_json(run.summary)
+        if int(summary.get("steps", -1)) == config.train.steps:
+            console.print(f"[dim]{family}/{method}: kept (summary.json exists)[/dim]")
+            return row_from_summary(family, method, summary, None)
+        console.print(f"[yellow]{family}/{method}: summary has {summary.get('steps')} steps, wanted "
+                      f"{config.train.steps}: rerunning[/yellow]")
+        shutil.rmtree(run_dir)
+    resume = args.skip_existing and run.checkpoint.is_file()
+    if resume:
+        # continue with the run's own config.yaml (plus the bench's step count)
+        config = load_config(run.config, [], {"train.steps": config.train.steps})
+    console.print(f"{family}/{method}: {'resuming' if resume else 'training'} {config.train.steps} steps ...")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    summary = generate(config, run_dir, resume=resume, show_progress=args.progress, log=lambda _: None)
+    wall = time.perf_counter() - start
+    if resume:  # earlier sessions' training seconds count too
+        wall += max(float(summary.get("train_seconds", 0.0)) - float(summary.get("seconds_this_session", 0.0)), 0.0)
+    summary["bench_wall_seconds"] = wall
+    write_json(run.summary, summary)
+    row = row_from_summary(family, method, summary, wall)
+    console.print(
+        f"  {family}/{method}: mode {row.mode_psnr:.2f} dB, blend {row.blend_psnr:.2f} dB, "
+        f"{row.nearest_variant}, {row.wall_s:.0f} s, {row.it_per_s:.2f} it/s"
+    )
+    return row
+
+
+# -- summary ----------------------------------------------------------------------------------------
+def summarise(rows: Sequence[BenchRow]) -> dict[str, Any]:
+    """Per-method means and, for every other method, the families where MSD's mode PSNR is higher."""
+    methods = list(dict.fromkeys(r.method for r in rows))
+    per_method: dict[str, dict[str, float]] = {}
+    for m in methods:
+        rs = [r for r in rows if r.method == m]
+        per_method[m] = {
+            "runs": len(rs),
+            "mean_mode_psnr": statistics.fmean(r.mode_psnr for r in rs),
+            "mean_blend_psnr": statistics.fmean(r.blend_psnr for r in rs),
+            "mean_mode_minus_blend": statistics.fmean(r.mode_minus_blend for r in rs),
+            "mean_wall_s": statistics.fmean(r.wall_s for r in rs),
+            "mean_it_per_s": statistics.fmean(r.it_per_s for r in rs),
+            "max_wall_s": max(r.wall_s for r in rs),
+            "mode_psnr_at_least_20": sum(r.mode_psnr >= 20.0 for r in rs),
+        }
+    wins: dict[str, dict[str, Any]] = {}
+    if "msd" in methods:
+        msd = {r.family: r for r in rows if r.method == "msd"}
+        for other in methods:
+            if other == "msd":
+                continue
+            theirs = {r.family: r for r in rows if r.method == other}
+            common = [f for f in msd if f in theirs]
+            won = [f for f in common if msd[f].mode_psnr > theirs[f].mode_psnr]
+            wins[other] = {"families": len(common), "msd_wins": len(won), "won": won}
+    return {"per_method": per_method, "msd_beats": wins}
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+HEADERS = ("family", "method", "steps", "wall s", "it/s", "mode PSNR", "blend PSNR", "mode-blend", "nearest variant")
+
+
+def table_rows(rows: Sequence[BenchRow], summary: dict[str, Any]) -> list[list[str]]:
+    """Rows of strings for both the rich table and the Markdown one (runs, then summary rows)."""
+    out = [
+        [r.family, r.method, str(r.steps), _fmt(r.wall_s, 0), _fmt(r.it_per_s), _fmt(r.mode_psnr),
+         _fmt(r.blend_psnr), _fmt(r.mode_minus_blend), r.nearest_variant]
+        for r in rows
+    ]
+    for m, s in summary["per_method"].items():
+        out.append([f"mean ({s['runs']} runs)", m, "", _fmt(s["mean_wall_s"], 0), _fmt(s["mean_it_per_s"]),
+                    _fmt(s["mean_mode_psnr"]), _fmt(s["mean_blend_psnr"]), _fmt(s["mean_mode_minus_blend"]), ""])
+    for other, w in summary["msd_beats"].items():
+        out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "", f"{w['msd_wins']}/{w['families']}", "", "", ""])
+    return out
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
+    table = Table(title="msd3d oracle benchmark (CPU)")
+    for i, h in enumerate(HEADERS):
+        table.add_column(h, justify="left" if i in (0, 1, 8) else "right")
+    for i, r in enumerate(rows):
+        table.add_row(*r, end_section=(i == n_runs - 1))
+    console.print(table)
+
+
+# -- main -------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default="all", help="comma-separated catalogue families (default: all)")
+    p.add_argument("--methods", default="msd,sds", help="comma-separated methods among msd,sds,sdi (default: msd,sds)")
+    p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every run (repeatable)")
+    p.add_argument("--skip-existing", action="store_true", help="keep finished runs, resume unfinished ones")
+    p.add_argument("--overwrite", action="store_true", help="delete existing run folders and start again")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--progress", action="store_true", help="show each run's progress bar")
+    args = p.parse_args(argv)
+    args.families = list(CATALOGUE) if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in args.families if f not in CATALOGUE]
+    if unknown:
+        p.error(f"unknown families {unknown}; choose from {', '.join(CATALOGUE)}")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+        p.error(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    if args.skip_existing and args.overwrite:
+        p.error("--skip-existing and --overwrite exclude each other")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[BenchRow] = []
+    start = time.perf_counter()
+    try:
+        for family in args.families:
+            for method in args.methods:
+                rows.append(run_one(family, method, args, console))
+    except Msd3dError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    summary = summarise(rows)
+    strings = table_rows(rows, summary)
+    print_table(console, strings, len(rows))
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    results = {
+        "command": command,
+        "device": "cpu",
+        "torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "seed": args.seed,
+        "bench_seconds": time.perf_counter() - start,
+        "recipes": {m: str(recipe_path(m)) for m in args.methods},
+        "overrides": list(args.set or []),
+        "rows": [asdict(r) | {"mode_minus_blend": r.mode_minus_blend} for r in rows],
+        "summary": summary,
+    }
+    write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", f"`{command}`\n\n" + markdown_table(strings))
+    console.print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
