@@ -48,6 +48,7 @@ __all__ = [
     "ENTRY_KEYS",
     "DEFAULTS_KEYS",
     "BatchFileError",
+    "EntryError",
     "BatchEntry",
     "BatchFile",
     "PlannedEntry",
@@ -59,6 +60,8 @@ __all__ = [
     "run_batch",
     "write_batch_summary",
     "summary_stem",
+    "finished_summary",
+    "SUMMARY_COLUMNS",
     "default_batch_root",
 ]
 
@@ -146,16 +149,23 @@ def _overrides(value: Any, who: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, dict):
-        return _flatten(value, "", who)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise EntryError(f"{who}: 'overrides' must be a list of key=value strings or a mapping, got {type(value).__name__}")
-    items = []
-    for item in value:
-        if not isinstance(item, str) or "=" not in item or item.startswith("="):
-            raise EntryError(f"{who}: override {item!r} is not key=value (e.g. train.steps=2000)")
-        items.append(item)
+        items = _flatten(value, "", who)
+    else:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise EntryError(
+                f"{who}: 'overrides' must be a list of key=value strings or a mapping, got {type(value).__name__}"
+            )
+        items = []
+        for item in value:
+            if not isinstance(item, str) or "=" not in item or item.startswith("="):
+                raise EntryError(f"{who}: override {item!r} is not key=value (e.g. train.steps=2000)")
+            items.append(item)
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if key in ("prompt", "out"):  # the batch sets both per entry; an override would be ignored
+            raise EntryError(f"{who}: set {key!r} as an entry key, not as an override")
     return items
 
 

@@ -103,6 +103,28 @@ def _log(message: str) -> None:
     typer.echo(message, err=True)
 
 
+@app.command("config")
+def show_config(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe name or YAML path (default msd-sd)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to apply."),
+    prior: Optional[str] = typer.Option(None, help="sd or oracle (picks the recipe when none is named)."),
+    guidance: Optional[str] = typer.Option(None, help="msd, sds or sdi (picks the recipe when none is named)."),
+    list_all: bool = typer.Option(False, "--list", help="List the shipped recipes instead."),
+) -> None:
+    """Print the fully resolved configuration of a recipe (what `generate` would run) as YAML."""
+    with user_errors():
+        from msd3d.config import list_recipes, load_config, resolve_recipe, to_yaml
+
+        if list_all:
+            for name in list_recipes():
+                typer.echo(name)
+            return
+        if recipe is not None and "=" in recipe:
+            recipe, overrides = None, [recipe, *(overrides or [])]
+        values = {"guidance.name": guidance, "prior.name": prior}
+        typer.echo(to_yaml(load_config(resolve_recipe(recipe, prior, guidance), overrides or [], values)), nl=False)
+
+
 @app.command()
 def catalogue() -> None:
     """List the oracle prior's shape families and variants (prompts for --prior oracle)."""
@@ -115,6 +137,15 @@ def catalogue() -> None:
                 typer.echo(f"  also: {', '.join(family['synonyms'])}")
             for variant in family["variants"]:
                 typer.echo(f"  - {variant['name']}: {variant.get('description', '')}")
+
+
+from msd3d.commands.batch import batch  # noqa: E402  (light modules: heavy imports happen inside)
+from msd3d.commands.export import export  # noqa: E402
+from msd3d.commands.render import render  # noqa: E402
+
+app.command("export")(export)
+app.command("render")(render)
+app.command("batch")(batch)
 
 
 def main() -> None:  # pragma: no cover - console entry

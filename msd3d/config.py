@@ -8,6 +8,7 @@ each module's ``validate()`` then checks ranges.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 import dataclasses
 from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
@@ -187,6 +188,16 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
 
 
+@lru_cache(maxsize=1)
+def _defaults_node() -> DictConfig:
+    return OmegaConf.structured(RunConfig)
+
+
+def _structured_defaults() -> DictConfig:
+    """A fresh copy of the defaults as a structured config (building it is slow, copying is not)."""
+    return _defaults_node().copy()
+
+
 def load_config(
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -197,7 +208,7 @@ def load_config(
     config_file: a YAML recipe (partial: keys it omits keep their defaults).
     values: CLI flag values as dotted keys (``{"train.steps": 100}``), applied before ``overrides``.
     """
-    cfg = OmegaConf.structured(RunConfig)
+    cfg = _structured_defaults()
     if config_file is not None:
         cfg = _merge(cfg, load_yaml(Path(config_file)), f"config file {str(config_file)!r}")
     if values:

@@ -141,11 +141,12 @@ prompts:
   - {prompt: a rocket, seed: "three"}           # 7: wrong type
   - {steps: 3}                                  # 8: no prompt
   - {prompt: a snowman, overrides: [render.resolution=0]}  # 9: a value validate() rejects
+  - {prompt: a mug, overrides: {out: elsewhere}}   # 10: the run directory is the entry's 'out' key
 """,
     )
     batch_file = load_batch_file(path)
     plan = plan_batch(batch_file, tmp_path / "root", device="cpu")
-    assert [p.index for p in plan] == list(range(10))
+    assert [p.index for p in plan] == list(range(11))
     steps = {p.index: p.config.train.steps for p in plan if p.config is not None}
     assert steps[0] == 7 and steps[1] == 9 and steps[2] == 11
     assert all(p.config.seed == 3 for p in plan if p.config is not None)
@@ -155,23 +156,36 @@ prompts:
     assert plan[3].run_dir == tmp_path / "root" / "custom" / "tree"
     assert plan[0].config.out == str(plan[0].run_dir) and plan[0].config.prompt == "a donut"
     assert all(p.config.device == "cpu" for p in plan if p.config is not None)
-    assert [p.action for p in plan] == ["train"] * 4 + ["invalid"] * 6
+    assert [p.action for p in plan] == ["train"] * 4 + ["invalid"] * 7
     errors = {p.index: p.error for p in plan}
     assert errors[4].startswith("entry 4: unknown key 'stpes'")
     assert errors[5].startswith("entry 5: unknown config key 'train.stpes'")
     assert errors[6].startswith("entry 6: run directory") and "also used by entry 0" in errors[6]
     assert errors[7] == "entry 7: 'seed' must be an integer, got 'three'"
     assert errors[8].startswith("entry 8: missing 'prompt'")
-    assert errors[9] == "entry 9: render.resolution must be at least 1" or errors[9].startswith("entry 9: render.")
+    assert errors[9].startswith("entry 9: render.resolution")
+    assert errors[10] == "entry 10: set 'out' as an entry key, not as an override"
+    assert all("\n" not in e for e in errors.values() if e)
 
-    shard = plan_batch(batch_file, tmp_path / "root", shard=(1, 3))
-    assert [p.index for p in shard] == [1, 4, 7]
-    assert shard[1].error == errors[4]  # the same verdicts in every shard
 
+def test_shard_selects_every_nth_entry_and_dry_run_lists_them(tmp_path):
+    path = write_batch(
+        tmp_path,
+        "defaults: {config: tiny.yaml}\nprompts: [a mug, a lamp, a tree, a house, {prompt: a chair, stpes: 1}]\n",
+    )
+    batch_file = load_batch_file(path)
+    assert [p.index for p in plan_batch(batch_file, tmp_path / "root", shard=(1, 2))] == [1, 3]
+    shard0 = plan_batch(batch_file, tmp_path / "root", shard=(0, 3))
+    assert [p.index for p in shard0] == [0, 3]
+
+    result = invoke(path, "--out", tmp_path / "root", "--dry-run", "--shard", "1/2")
+    assert result.exit_code == 0, result.output
+    assert "a-lamp-0" in result.stdout and "a-house-0" in result.stdout
+    assert "a-mug-0" not in result.stdout and "a-tree-0" not in result.stdout
     result = invoke(path, "--out", tmp_path / "root", "--dry-run", "--shard", "0/2")
-    assert result.exit_code == 1  # a dry run with invalid entries says so
-    assert "a-donut-3" in result.stdout and "custom/tree" not in result.stdout
-    assert not (tmp_path / "root").exists()
+    assert result.exit_code == 1  # a dry run that meets an invalid entry (entry 4) says so
+    assert "a-mug-0" in result.stdout and "stpes" in result.stdout
+    assert not (tmp_path / "root").exists()  # a dry run writes nothing
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,13 +230,14 @@ prompts:
     assert Path(mushroom["video"]).is_file() and Path(mushroom["mesh"][0]).is_file()
     assert rows[0]["mesh"] == mushroom["mesh"][0]
     assert mushroom["seconds"] > 0 and mushroom["train_seconds"] > 0
-    assert "summary:" in result.stdout and "a red mushroom" in result.stdout
+    assert "batch finished" in result.stdout and "2 ok, 2 failed" in result.stdout and "summary:" in result.stdout
 
     checkpoints = [root / "a-red-mushroom-0" / "checkpoints" / "last.pt", root / "a-donut-2" / "checkpoints" / "last.pt"]
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
 
     again = invoke(path, "--out", root, "-q")
     assert again.exit_code == 1  # the two failures fail again
+    assert "2 skipped, 2 failed" in again.stdout
     document, rows = read_summary(root)
     assert [e["status"] for e in document["entries"]] == ["skipped", "failed", "skipped", "failed"]
     assert [p.stat().st_mtime_ns for p in checkpoints] == stamps  # not retrained

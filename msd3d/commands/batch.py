@@ -17,7 +17,7 @@ ACTION_STYLES = {"train": "green", "resume": "yellow", "skip": "cyan", "invalid"
 
 
 def batch(
-    file: Path = typer.Argument(..., help="Batch YAML: 'prompts' (+ optional 'defaults'); see configs/batch-example.yaml."),
+    file: Path = typer.Argument(..., help="Batch YAML: 'prompts' (+ optional 'defaults'); see configs/batches/example.yaml."),
     out: Optional[Path] = typer.Option(None, help="Batch root folder (default: outputs/<FILE stem>)."),
     shard: Optional[str] = typer.Option(
         None, metavar="I/N", help="Run only the entries with index % N == I (0-based), e.g. 0/4 ... 3/4 on four machines."
