@@ -255,9 +255,10 @@ def describe_prior(prior: DiffusionPrior, config: BenchConfig) -> dict[str, Any]
         info["weights"] = f"random {config.random_weights}"
     elif config.model is not None:
         info["weights"] = config.model
-    for name in ("model_dtype", "latent_size"):
-        if hasattr(prior, name):
-            info[name] = str(getattr(prior, name)).removeprefix("torch.")
+    if hasattr(prior, "model_dtype"):
+        info["model_dtype"] = str(prior.model_dtype).removeprefix("torch.")
+    if hasattr(prior, "latent_size"):
+        info["latent_size"] = int(prior.latent_size)
     sd_config = getattr(prior, "config", None)
     if sd_config is not None and hasattr(sd_config, "render_size"):
         info["render_size"] = sd_config.render_size
@@ -523,16 +524,17 @@ def table_title(report: BenchReport) -> str:
     s, p = report.settings, report.prior
     weights = p.get("weights", p.get("class", "prior"))
     extras = []
+    on_cuda = report.device.startswith("cuda")
     if s.get("compile"):
-        extras.append(f"compiled UNet ({s.get('compile_mode')})")
+        extras.append(f"compiled UNet ({s.get('compile_mode')})" if on_cuda else "--compile ignored off CUDA")
     if s.get("compile_vae"):
-        extras.append("compiled VAE")
+        extras.append("compiled VAE" if on_cuda else "--compile-vae ignored off CUDA")
     if s.get("channels_last"):
         extras.append("channels-last")
-    dtype = p.get("model_dtype", s.get("dtype"))
+    dtype = f" ({p['model_dtype']})" if "model_dtype" in p else ""
     render = f", VAE input {p['render_size']}px" if "render_size" in p else ""
     return (
-        f"msd3d bench: {weights} ({dtype}) on {report.device_name}; {s['resolution']}x{s['resolution']} renders{render}, "
+        f"msd3d bench: {weights}{dtype} on {report.device_name}; {s['resolution']}x{s['resolution']} renders{render}, "
         f"batch {s['batch']}, {s['steps']} timed steps after {s['warmup']} warm-up"
         + (f"; {', '.join(extras)}" if extras else "")
     )

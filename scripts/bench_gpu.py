@@ -18,6 +18,17 @@ A variant that fails is recorded with its error and the next one runs. The GPU t
 
     python scripts/bench_gpu.py                          # -> $OUT/bench_gpu.json (or ./bench_gpu.json)
     python scripts/bench_gpu.py --budget-s 420 --steps 10 --variants eager,fast
+
+On this workplace's lent GPU machines (python3 3.12 with torch, transformers, typer, rich, nvcc and
+ninja, but no diffusers, nerfacc, omegaconf or trimesh), carry those pure-Python packages from the
+local venv in an ignored folder; msd3d itself is found from the checkout (this script puts the repo
+root on ``sys.path``):
+
+    echo /.gpu_site/ >> .git/info/exclude
+    mkdir -p .gpu_site && cp -r .venv/lib/python3.11/site-packages/{diffusers,nerfacc,omegaconf,trimesh}* .gpu_site/
+    find .gpu_site -name __pycache__ -prune -exec rm -rf {} +
+    # device run, carry [".gpu_site"], timeout_s 570:
+    PYTHONPATH=$PWD/.gpu_site PYTHONUNBUFFERED=1 python3 scripts/bench_gpu.py --out $OUT
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 T0 = time.perf_counter()
+REPO = Path(__file__).resolve().parent.parent
+if (REPO / "msd3d" / "__init__.py").is_file() and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
 
 
 def say(message: str) -> None:
@@ -73,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method (compilation happens here)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip variants that would not fit in this")
+    parser.add_argument("--arch", default="sd21", choices=["sd21", "tiny"], help="tiny: a dry run of this script")
+    parser.add_argument("--device", default="cuda", help="cuda[:N]; cpu only for a dry run (compilation is skipped)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every variant")
     args = parser.parse_args(argv)
 
@@ -88,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     say("importing torch, diffusers, msd3d ...")
     import torch
 
-    if not torch.cuda.is_available():
-        print("error: no CUDA device; this script measures the GPU path (use `msd3d bench --device cpu` on a CPU)",
-              file=sys.stderr)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: no CUDA device; this script measures the GPU path (use `msd3d bench --device cpu` on a CPU, "
+              "or --arch tiny --device cpu for a dry run of this script)", file=sys.stderr)
         return 2
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
@@ -99,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     from msd3d.errors import Msd3dError
     from rich.console import Console
 
-    device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    on_cuda = device.type == "cuda"
     console = Console(width=140)
     results: dict[str, Any] = {
         "script": "scripts/bench_gpu.py",
-        "device_name": torch.cuda.get_device_name(device),
+        "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "diffusers": diffusers.__version__,
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup_s": {"imports": time.perf_counter() - T0},
         "variants": {},
     }
-    say(f"device: {results['device_name']}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    say(f"device: {results['device_name']}, torch {torch.__version__}, CUDA {torch.version.cuda}, arch {args.arch}")
 
     def save() -> None:
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -130,15 +149,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("render.use_occupancy_grid=false")
     save()
 
-    say("building SD-2.1-base with random weights on the GPU (fp16) ...")
+    dtype = "fp16" if on_cuda else "fp32"
+    say(f"building {args.arch} with random weights on {device} ({dtype}) ...")
     start = time.perf_counter()
-    components = build_components("sd21", device, "fp16")
-    torch.cuda.synchronize(device)
-    results["setup_s"]["sd21_build"] = time.perf_counter() - start
+    components = build_components(args.arch, device, dtype)
+    if on_cuda:
+        torch.cuda.synchronize(device)
+    results["setup_s"]["build"] = time.perf_counter() - start
     params = {k: sum(p.numel() for p in components[k].parameters()) for k in ("unet", "vae", "text_encoder")}
     results["parameters"] = params
-    say(f"built in {results['setup_s']['sd21_build']:.1f} s: " + ", ".join(f"{k} {v / 1e6:.0f} M" for k, v in params.items())
-        + f"; {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB allocated")
+    memory = f"; {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB allocated" if on_cuda else ""
+    say(f"built in {results['setup_s']['build']:.1f} s: " + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in params.items())
+        + memory)
     save()
 
     methods = parse_methods(args.methods)
@@ -150,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"][name] = {"skipped": f"{left:.0f} s of budget left, needs about {variant.min_s:.0f} s"}
             save()
             continue
-        cli = ["msd3d", "bench", "--random-weights", "sd21", "--methods", ",".join(methods), "--resolution",
+        cli = ["msd3d", "bench", "--random-weights", args.arch, "--device", str(device), "--methods", ",".join(methods), "--resolution",
                str(args.resolution), "--steps", str(args.steps), "--warmup", str(args.warmup), *variant.cli, *overrides]
         say(f"variant {name}: {' '.join(cli)}")
         config = BenchConfig(
-            methods=methods, random_weights="sd21", steps=args.steps, warmup=args.warmup, resolution=args.resolution,
-            device=str(device), dtype="fp16", overrides=tuple(overrides), **variant.options,
+            methods=methods, random_weights=args.arch, steps=args.steps, warmup=args.warmup, resolution=args.resolution,
+            device=str(device), dtype=dtype, overrides=tuple(overrides), **variant.options,
         )
         start = time.perf_counter()
         try:
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             data["wall_s"] = time.perf_counter() - start
             results["variants"][name] = data
         finally:
-            _reset(torch, components)
+            _reset(torch, components, on_cuda)
         save()
         say(f"variant {name} done in {time.perf_counter() - start:.0f} s; wrote {out_path}")
 
@@ -181,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reset(torch: Any, components: dict[str, Any]) -> None:
+def _reset(torch: Any, components: dict[str, Any], on_cuda: bool) -> None:
     """Undo a variant's effects on the shared modules: compiled code, memory format, cached memory."""
     torch._dynamo.reset()
     for key in ("unet", "vae"):
         components[key].to(memory_format=torch.contiguous_format)
     gc.collect()
-    torch.cuda.empty_cache()
+    if on_cuda:
+        torch.cuda.empty_cache()
 
 
 def _summary(results: dict[str, Any], say: Any) -> None:

@@ -85,7 +85,7 @@ def test_cli_bench_on_tiny_random_weights_writes_json_with_denoiser_counts(tmp_p
         assert (row["calls_per_step"], row["evaluations_per_step"]) == (calls, evaluations), method
         for key in ("ms_step", "ms_step_mean", "ms_step_min", "ms_guidance", "it_per_s"):
             assert math.isfinite(row[key]) and row[key] > 0, (method, key)
-        assert row["ms_step_min"] <= row["ms_step"] <= max(row["ms_step_mean"] * 2, row["ms_step"])
+        assert row["ms_step_min"] <= row["ms_step"] and row["ms_step_min"] <= row["ms_step_mean"]
         assert row["it_per_s"] == pytest.approx(1000.0 / row["ms_step_mean"])
         assert row["peak_memory_mb"] is None and row["compile_s"] is None  # CPU: no GPU memory, no compile
         assert len(row["warmup_s"]) == 1 and row["steps"] == 2 and row["nonfinite_steps"] == 0

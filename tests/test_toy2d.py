@@ -237,7 +237,7 @@ def test_cli_tiny_run_with_gmm_file(tmp_path):
     res = CliRunner().invoke(
         _app(),
         ["toy2d", "--gmm", str(gmm), "--steps", "3", "--grid", "3", "--methods", "msd,sds", "--sampler-steps", "1",
-         "--no-efficiency", "--no-progress", "--out", str(out)],
+         "--no-efficiency", "--out", str(out)],  # with the (rich) progress bar
     )
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
@@ -283,3 +283,12 @@ def test_cli_rejects_malformed_gmm_file(tmp_path, text, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_command_help_names_match_the_library():
+    from msd3d.commands.toy2d import DATASET_NAMES, KERNEL_NAMES
+    from msd3d.experiments.datasets2d import DATASETS
+    from msd3d.guidance.msd import KERNELS
+
+    assert tuple(DATASETS) == DATASET_NAMES
+    assert tuple(KERNELS) == KERNEL_NAMES

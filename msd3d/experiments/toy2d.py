@@ -222,33 +222,6 @@ def grid_particles(bounds: tuple[float, float, float, float], n: int) -> Tensor:
 
 
 # -- the run --------------------------------------------------------------------------------------
-class ParticleAdam:
-    """Adam (Kingma & Ba 2015) on one tensor of particles, with a settable learning rate.
-
-    Written out (a few lines) rather than ``torch.optim.Adam`` because the latter imports
-    ``torch._dynamo`` on construction, which takes longer than a whole toy run on a small CPU.
-    """
-
-    def __init__(self, param: Tensor, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8):
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = torch.zeros_like(param)
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        g = self.param.grad
-        if g is None:
-            return
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(g, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        self.param.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
-
-
 @dataclass
 class MethodRun:
     name: str
@@ -284,19 +257,20 @@ def optimise_particles(
 
     x = grid_particles(dataset.bounds, config.grid).requires_grad_(True)
     cond = prior.condition([prompt] * len(x))
-    opt = ParticleAdam(x, betas=config.optim.betas)
+    opt = torch.optim.Adam([x], lr=lr, betas=tuple(config.optim.betas))
     record_at = {round(i * (config.steps - 1) / (config.curve_points - 1)) for i in range(config.curve_points)}
     curve: list[tuple[int, float]] = []
     stats: dict[str, float] = {}
     for step in range(config.steps):
-        opt.lr = interpolate(lr, lr_end, progress(step, config.steps), config.optim.lr_schedule)
+        for group in opt.param_groups:
+            group["lr"] = interpolate(lr, lr_end, progress(step, config.steps), config.optim.lr_schedule)
         if step in record_at:
             curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
         out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)
         x.grad = None
         out.loss(x).backward()
         opt.step()
-        stats = out.stats
+        stats = {k: float(v) for k, v in out.stats.items()}  # floats, or 0-dim tensors if deferred
         if on_step is not None:
             on_step(step)
     final = x.detach().clone()

@@ -105,6 +105,11 @@ def stat(value: Tensor | float, defer: bool = False) -> Tensor | float:
     return float(value)
 
 
+def draw_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
+    """Where random numbers are drawn: the generator's device (the trainer's is the CPU), else ``like``'s."""
+    return generator.device if generator is not None else like.device
+
+
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     """``t`` on ``device``. A CPU -> CUDA copy is staged in pinned memory and does not block the
     host: a plain ``.to("cuda")`` of pageable memory waits for all queued GPU work first."""

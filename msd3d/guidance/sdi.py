@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, randn_like, stat
-from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, _draw_device, sample_times, sds_weight
+from msd3d.guidance.base import Guidance, GuidanceOutput, draw_device, randn_like, stat
+from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, sample_times, sds_weight
 from msd3d.priors.base import Condition, DiffusionPrior
 
 
@@ -89,7 +89,7 @@ class SDI(Guidance):
         c = self.config
         x = x.detach()
         # one shared time per step: the inversion walks the whole batch through the same levels
-        t = float(sample_times(c, 1, step, total_steps, generator, _draw_device(generator, x))[0])
+        t = float(sample_times(c, 1, step, total_steps, generator, draw_device(generator, x))[0])
         z, sigma_t = ddim_invert(
             self.prior, x, cond, t, c.inversion_steps, c.inversion_guidance_scale, c.inversion_eta, generator
         )

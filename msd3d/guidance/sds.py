@@ -15,7 +15,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, rand, randn_like, stat, to_device
+from msd3d.guidance.base import (
+    Guidance,
+    GuidanceOutput,
+    draw_device,
+    interpolate,
+    progress,
+    rand,
+    randn_like,
+    stat,
+    to_device,
+)
 from msd3d.priors.base import Condition, DiffusionPrior
 
 WEIGHTINGS = ("sds", "uniform")
@@ -92,7 +102,7 @@ class SDS(Guidance):
     ) -> GuidanceOutput:
         x = x.detach()
         # times and sigmas where the generator draws them (the CPU): no device round trip
-        t = sample_times(self.config, x.shape[0], step, total_steps, generator, _draw_device(generator, x))
+        t = sample_times(self.config, x.shape[0], step, total_steps, generator, draw_device(generator, x))
         sigma_t = self.prior.sigma_from_time(t)  # (B,)
         sigma = to_device(sigma_t, x.device)
         sig = sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
@@ -101,8 +111,3 @@ class SDS(Guidance):
         weight = self.config.weight * sds_weight(sigma, self.config.weighting)
         stats = {"t": stat(t.mean(), self.defer_stats), "sigma": stat(sigma_t.mean(), self.defer_stats)}
         return GuidanceOutput(target=target.detach(), weight=weight, stats=stats)
-
-
-def _draw_device(generator: torch.Generator | None, x: Tensor) -> torch.device:
-    """Where random times are drawn: the generator's device, else the data's."""
-    return generator.device if generator is not None else x.device
