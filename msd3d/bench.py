@@ -464,8 +464,8 @@ def run_bench(
         "methods": list(config.methods),
         "steps": config.steps,
         "warmup": config.warmup,
-        "resolution": config.resolution,
-        "batch": config.batch,
+        "resolution": base.render.resolution,  # after overrides
+        "batch": base.camera.batch_size,
         "dtype": config.dtype,
         "compile": config.compile,
         "compile_mode": config.compile_mode if config.compile else None,

@@ -140,6 +140,7 @@ def catalogue() -> None:
 
 
 from msd3d.commands.batch import batch  # noqa: E402  (light modules: heavy imports happen inside)
+from msd3d.commands.bench import bench  # noqa: E402
 from msd3d.commands.export import export  # noqa: E402
 from msd3d.commands.render import render  # noqa: E402
 from msd3d.commands.toy2d import toy2d  # noqa: E402
@@ -148,6 +149,7 @@ app.command("export")(export)
 app.command("render")(render)
 app.command("batch")(batch)
 app.command("toy2d")(toy2d)
+app.command("bench")(bench)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -36,12 +36,15 @@ class TrainConfig:
     """The optimisation loop: steps, optimiser, logging, checkpoints, the non-finite guard."""
 
     steps: int = 10000
+    """Optimisation steps; schedules (lambda, t, regularisers) run over this many steps."""
     lr: float = 0.01
     """Adam learning rate of the field's grid encoding and the background."""
     lr_network: float = 0.001
     """Adam learning rate of the field's MLPs."""
     betas: tuple[float, float] = (0.9, 0.99)
+    """Adam's moment decay rates (threestudio)."""
     adam_eps: float = 1e-15
+    """Adam's epsilon (threestudio; small because grid features get tiny gradients)."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this (0 = off)."""
     log_every: int = 10
@@ -49,6 +52,7 @@ class TrainConfig:
     val_every: int = 500
     """Save validation renders (PNG) every N steps (0 = only at the end)."""
     val_views: int = 4
+    """Turntable views in each validation PNG."""
     checkpoint_every: int = 500
     """Save a checkpoint every N steps (and always on interrupt and at the end)."""
     max_nonfinite_streak: int = 20
@@ -87,8 +91,11 @@ class RunConfig:
     """Everything one text-to-3D run needs."""
 
     prompt: str = ""
+    """What to make (the positional PROMPT of ``generate``)."""
     negative_prompt: str = ""
+    """Text for the unconditional branch of classifier-free guidance (Stable Diffusion)."""
     seed: int = 0
+    """Seeds the field's initialisation and every random choice of the run."""
     device: str = "auto"
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     out: str = ""

@@ -74,5 +74,23 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: str = "README.md") -> bool:
+    """Replace the generated block in ``path``; returns whether anything changed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + markdown() + text[end:]
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(markdown())
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--write":
+        changed = update_readme(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+        print("README.md updated" if changed else "README.md already up to date")
+    else:
+        print(markdown())

@@ -53,9 +53,11 @@ class VideoConfig:
     """A turntable: ``frames`` views evenly spaced in azimuth at a fixed elevation and distance."""
 
     frames: int = 120
+    """Views in one full turn (the video's frame count)."""
     size: int = 256
     """Height = width of each panel, in pixels."""
     fps: int = 30
+    """Frames per second of the written video."""
     elevation: float = 15.0
     """Degrees above the horizon."""
     distance: float = 1.75

@@ -18,6 +18,7 @@ class GuidanceConfig:
     """Which method runs (``name``) and the settings of each."""
 
     name: str = "msd"
+    """The method that runs: "msd", "sds" or "sdi" (each reads its own section below)."""
     sds: SDSConfig = field(default_factory=SDSConfig)
     msd: MSDConfig = field(default_factory=MSDConfig)
     sdi: SDIConfig = field(default_factory=SDIConfig)

@@ -43,23 +43,26 @@ class MSDConfig:
 
     guidance_scale: float = 7.5
     """Classifier-free guidance inside the sampler (standard convention, 1 = off)."""
-    sampler_steps: int = 8
+    sampler_steps: int = 4
     """Denoising steps per product sample (one batched denoiser call each)."""
     samples: int = 1
     """Product samples averaged per estimate; they run as one batch."""
     eta: float = 0.0
     """0 = deterministic DDIM steps, 1 = fully stochastic (ancestral) steps."""
-    kernel: str = "exp"
+    kernel: str = "posterior"
     """How the kernel enters the sampler: "exp" (paper), "diffused" or "posterior" (exact product score)."""
     t_start: float = 0.98
     """Diffusion time (fraction of the schedule) where each product sampler chain starts."""
     start_noise_scale: float = 1.0
     """Scale of the start noise: ``z0 = x + start_noise_scale * sigma_start * n``."""
     kernel_t_min: float = 0.0
+    """The kernel term acts only on sampler steps whose diffusion time is at least this ..."""
     kernel_t_max: float = 1.0
-    """The kernel term acts only on steps whose diffusion time lies in this interval."""
-    lambda_start: float = 1.0
-    lambda_end: float = 0.1
+    """... and at most this (the paper applies the kernel on a limited sigma interval)."""
+    lambda_start: float = 2.0
+    """Kernel bandwidth at the first step, in the prior's data units (large = smooth, global)."""
+    lambda_end: float = 0.2
+    """Kernel bandwidth at the last step (small = sharp, mode-local)."""
     lambda_schedule: str = "log_linear"
     """Bandwidth annealing over the run: constant, linear, log_linear or cosine."""
     weight: float = 1.0

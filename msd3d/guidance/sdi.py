@@ -25,14 +25,19 @@ from msd3d.priors.base import Condition, DiffusionPrior
 @dataclass
 class SDIConfig(TimestepConfig):
     t_schedule: str = "anneal"
+    """SDI anneals t from t_max to t_min over the run (or "random", as SDS)."""
     guidance_scale: float = 7.5
     """Standard CFG scale of the final one-step estimate."""
     inversion_steps: int = 10
+    """DDIM steps from x up to the level t (the step costs inversion_steps + 1 denoiser calls)."""
     inversion_guidance_scale: float = 1.0
-    """CFG scale inside the inversion (SDI's threestudio config uses -7.5 there, i.e. -6.5 here)."""
+    """CFG scale of the denoiser calls inside the inversion (1 = conditional, unguided)."""
     inversion_eta: float = 0.0
+    """Fresh noise mixed into each inversion step: 0 = pure inversion, 1 = SDS's random noise."""
     weighting: str = "sds"
+    """"sds": w = 1 - alpha_bar (as SDS); "uniform": w = 1."""
     weight: float = 1.0
+    """Extra loss multiplier."""
 
     def validate(self, name: str = "sdi") -> None:
         super().validate(name)

@@ -37,7 +37,9 @@ class TimestepConfig:
     """Which diffusion times (fractions of the schedule) a method samples."""
 
     t_min: float = 0.02
+    """Smallest diffusion time drawn (fraction of the schedule; threestudio 0.02)."""
     t_max: float = 0.98
+    """Largest diffusion time drawn (threestudio 0.98)."""
     t_schedule: str = "random"
     """"random": uniform in [t_min, t_max] each step; "anneal": t_max -> t_min linearly over the run."""
 

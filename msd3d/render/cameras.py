@@ -147,14 +147,21 @@ class CameraConfig:
     """Random training views (threestudio's dreamfusion defaults) and the evaluation turntable."""
 
     elevation_range: tuple[float, float] = (-10.0, 45.0)
+    """Training camera elevation, degrees above the horizon [low, high]."""
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    """Training camera azimuth, degrees (0 = front, on +x)."""
     distance_range: tuple[float, float] = (1.5, 2.0)
+    """Training camera distance from the origin (world units)."""
     fovy_range: tuple[float, float] = (40.0, 70.0)
+    """Training vertical field of view, degrees."""
     batch_size: int = 1
     """Views per optimisation step."""
     eval_elevation: float = 15.0
+    """Elevation of validation and scoring turntables, degrees."""
     eval_distance: float = 1.75
+    """Distance of validation and scoring turntables."""
     eval_fovy: float = 55.0
+    """Field of view of validation and scoring turntables, degrees."""
     front_threshold: float = 45.0
     """|azimuth| below this is the front view."""
     back_threshold: float = 45.0

@@ -34,9 +34,13 @@ class WeightSchedule:
     """
 
     start: float = 0.0
+    """Weight at ``start_step`` and before."""
     end: float | None = None
+    """Weight at ``end_step`` and after (null: constant at ``start``)."""
     start_step: float = 0
+    """Where the ramp starts (a step, or a fraction of the run with unit=fraction)."""
     end_step: float = 0
+    """Where the ramp ends."""
     kind: str = "linear"
     """"constant", "linear", "log_linear" or "cosine" (msd3d.guidance.base.interpolate)."""
     unit: str = "steps"

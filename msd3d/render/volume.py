@@ -51,13 +51,16 @@ class RenderConfig:
     ray_bounds: str = "aabb"
     """"aabb": sample where the ray is inside [-bound, bound]^3 (and [near, far]); "near_far": [near, far]."""
     near: float = 0.05
+    """Closest distance along a ray that is sampled."""
     far: float = 10.0
+    """Farthest distance along a ray that is sampled."""
     stratified: bool = True
     """Jitter the samples when training (batched: per sample; packed: per ray, as nerfacc)."""
     use_occupancy_grid: str = "auto"
     """"auto"/"true": skip empty space with an occupancy grid (CUDA: nerfacc packed marching; CPU: the
     batched samples in empty cells are not queried); "false": query every sample."""
     grid_resolution: int = 32
+    """Cells per axis of the occupancy grid over the scene box."""
     grid_update_interval: int = 16
     """Training steps between occupancy-grid refreshes."""
     grid_warmup_steps: int = 256
@@ -65,6 +68,7 @@ class RenderConfig:
     occupancy_threshold: float = 0.01
     """A cell is occupied when density * render_step_size exceeds this (or the mean occupancy, if lower)."""
     grid_ema_decay: float = 0.95
+    """Exponential moving average of the cell densities between grid refreshes."""
     render_step_size: float | None = None
     """Packed path: march step in world units; None = 2 * sqrt(3) * bound / 512 (threestudio)."""
     eval_chunk_rays: int = 8192

@@ -28,7 +28,9 @@ class BackgroundConfig:
     frequencies: int = 2
     """Frequency bands of the direction encoding for the MLP background (0 = raw direction)."""
     hidden_dim: int = 16
+    """Width of the MLP background."""
     hidden_layers: int = 2
+    """Hidden layers of the MLP background."""
 
     def validate(self) -> None:
         if self.type not in BACKGROUND_TYPES:

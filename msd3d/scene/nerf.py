@@ -59,7 +59,9 @@ class FieldConfig:
     """"linear": raw += blob_density * (1 - r / blob_radius) (threestudio blob_magic3d);
     "gaussian": raw += blob_density * exp(-r^2 / (2 blob_radius^2)) (threestudio blob_dreamfusion); "none"."""
     blob_density: float = 10.0
+    """Raw density the blob adds at the origin."""
     blob_radius: float = 0.5
+    """Radius (world units) of the initial density blob."""
     normals: str = "analytic"
     """"analytic" (autograd through the encoding; about 1.4x cheaper than forward differences on CPU
     when trained through) or "finite_difference". Analytic falls back to finite differences, with a
