@@ -34,7 +34,7 @@ from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
 from msd3d.render.regularisers import regulariser_losses
 from msd3d.render.shading import choose_shading, needs_light, sample_light_positions
 from msd3d.render.volume import VolumeRenderer
-from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint, write_json
+from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint
 from msd3d.scene_builder import build_renderer
 
 

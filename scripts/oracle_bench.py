@@ -23,7 +23,6 @@ checkpoint), so the renders can be inspected.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -48,15 +47,6 @@ def make_app() -> typer.Typer:
 
 def invoke(*args: object):
     return runner.invoke(make_app(), ["batch", *[str(a) for a in args]])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_batch(folder: Path, text: str, name: str = "batch.yaml") -> Path:

@@ -33,14 +33,6 @@ MSD_STEPS, SDI_STEPS = 3, 2
 SAMPLERS = [f"guidance.msd.sampler_steps={MSD_STEPS}", f"guidance.sdi.inversion_steps={SDI_STEPS}"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _app() -> typer.Typer:
     app = typer.Typer()
     app.command("bench")(bench)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 import typer
 from PIL import Image
@@ -59,16 +58,7 @@ def invoke(*args: object):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, one_thread) -> Path:
+def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("assets")
     recipe = root / "tiny.yaml"
     recipe.write_text(TINY_RECIPE)

@@ -12,18 +12,9 @@ from scipy.stats import multivariate_normal
 
 from msd3d.priors.gmm import GaussianMixturePrior
 
-MEANS = [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2]]
-COVS = [[[0.3, 0.1], [0.1, 0.1]], [[0.1, 0.0], [0.0, 0.4]], [[0.15, 0.0], [0.0, 0.15]]]
-WEIGHTS = [0.5, 0.3, 0.2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is much faster on a busy machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from conftest import GMM_COVS as COVS
+from conftest import GMM_MEANS as MEANS
+from conftest import GMM_WEIGHTS as WEIGHTS
 
 
 @pytest.fixture

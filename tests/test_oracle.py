@@ -10,7 +10,6 @@ import torch
 
 from msd3d.errors import Msd3dError
 from msd3d.guidance.msd import MSD, MSDConfig
-from msd3d.priors.base import Condition
 from msd3d.priors.catalogue import CATALOGUE, find_family, list_catalogue, match_family, strip_view_suffix
 from msd3d.priors.oracle import MAX_PSNR, OracleConfig, OraclePrior, ideal_denoiser, score_renders
 from msd3d.priors.shapes import sd_capped_cone, sd_frustum

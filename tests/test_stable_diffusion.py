@@ -17,15 +17,6 @@ from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusion
 RENDER = 64  # tiny VAE downsamples 8x like SD's: 64x64 renders -> 4x8x8 latents
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny networks are many small ops: one thread is faster than two on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return save_random_pipeline("tiny", tmp_path_factory.mktemp("sd") / "tiny-eps", seed=0)

@@ -28,14 +28,6 @@ from msd3d.experiments.toy2d import (
 from msd3d.priors.gmm import GaussianMixturePrior
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- datasets -------------------------------------------------------------------------------------
 def test_fractal_is_a_deterministic_two_class_tree():
     a, b = fractal(), fractal()

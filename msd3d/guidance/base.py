@@ -12,6 +12,8 @@ import abc
 import math
 from dataclasses import dataclass, field
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -49,9 +51,13 @@ class Guidance(abc.ABC):
     #: instead of copying each to the host (a device sync per value); a caller that reads them all
     #: with one transfer (the trainer) turns this on.
     defer_stats: bool = False
+    #: The method's settings dataclass (with ``validate()``); subclasses set it.
+    config_class: type = object
 
-    def __init__(self, prior: DiffusionPrior) -> None:
+    def __init__(self, prior: DiffusionPrior, config: Any = None) -> None:
         self.prior = prior
+        self.config = config if config is not None else self.config_class()
+        self.config.validate()
 
     @abc.abstractmethod
     def __call__(

@@ -141,11 +141,9 @@ class MSD(Guidance):
     """Mean-shift distillation with bandwidth annealing ``lambda(step)``."""
 
     name = "msd"
+    config_class = MSDConfig
+    config: MSDConfig
 
-    def __init__(self, prior: DiffusionPrior, config: MSDConfig | None = None) -> None:
-        super().__init__(prior)
-        self.config = config or MSDConfig()
-        self.config.validate()
 
     def bandwidth(self, step: int, total_steps: int) -> float:
         c = self.config

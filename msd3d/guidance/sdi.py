@@ -77,11 +77,9 @@ class SDI(Guidance):
     """SDS with inverted instead of random noise: ``inversion_steps + 1`` denoiser calls."""
 
     name = "sdi"
+    config_class = SDIConfig
+    config: SDIConfig
 
-    def __init__(self, prior: DiffusionPrior, config: SDIConfig | None = None) -> None:
-        super().__init__(prior)
-        self.config = config or SDIConfig()
-        self.config.validate()
 
     def __call__(
         self,

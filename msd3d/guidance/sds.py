@@ -26,7 +26,7 @@ from msd3d.guidance.base import (
     stat,
     to_device,
 )
-from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.priors.base import Condition
 
 WEIGHTINGS = ("sds", "uniform")
 T_SCHEDULES = ("random", "anneal")
@@ -88,11 +88,9 @@ class SDS(Guidance):
     """``target = D(x + sigma n, sigma)``, weight ``w(t)/sigma``: one (CFG-batched) denoiser call."""
 
     name = "sds"
+    config_class = SDSConfig
+    config: SDSConfig
 
-    def __init__(self, prior: DiffusionPrior, config: SDSConfig | None = None) -> None:
-        super().__init__(prior)
-        self.config = config or SDSConfig()
-        self.config.validate()
 
     def __call__(
         self,

@@ -12,7 +12,6 @@ Conventions (shared by the renderer, the oracle prior and the exporters):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
