@@ -41,6 +41,8 @@ class TrainConfig:
     """Adam learning rate of the field's grid encoding and the background."""
     lr_network: float = 0.001
     """Adam learning rate of the field's MLPs."""
+    lr_decay: float = 1.0
+    """Learning-rate multiplier reached at the last step (log-linear from 1; 1 = constant)."""
     betas: tuple[float, float] = (0.9, 0.99)
     """Adam's moment decay rates (threestudio)."""
     adam_eps: float = 1e-15
@@ -65,6 +67,8 @@ class TrainConfig:
             raise ValueError("train.steps must be at least 1")
         if self.lr <= 0 or self.lr_network <= 0:
             raise ValueError("train.lr and train.lr_network must be positive")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError("train.lr_decay must be in (0, 1] (1 = constant learning rate)")
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1")

@@ -27,6 +27,7 @@ from msd3d.config import RunConfig, to_yaml
 from msd3d.errors import Msd3dError
 from msd3d.export.atomic import atomic_path, atomic_write_text
 from msd3d.guidance import Guidance, build_guidance
+from msd3d.guidance.base import interpolate, progress
 from msd3d.priors import build_prior
 from msd3d.priors.base import DiffusionPrior
 from msd3d.progress import make_progress
@@ -127,7 +128,10 @@ class Trainer:
         grid, network = [], []
         for name, p in self.renderer.named_parameters():
             (grid if ".encoding." in f".{name}" else network).append(p)
-        groups = [{"params": grid, "lr": t.lr, "name": "encoding"}, {"params": network, "lr": t.lr_network, "name": "network"}]
+        groups = [
+            {"params": grid, "lr": t.lr, "base_lr": t.lr, "name": "encoding"},
+            {"params": network, "lr": t.lr_network, "base_lr": t.lr_network, "name": "network"},
+        ]
         return torch.optim.Adam([g for g in groups if g["params"]], betas=tuple(t.betas), eps=t.adam_eps)
 
     # -- state -----------------------------------------------------------------------------------
@@ -199,6 +203,9 @@ class Trainer:
         host = read_scalars([finite_flag, loss, *losses.values(), *(guided.stats[k] for k in stat_names)])
         finite, loss_value = bool(host[0]), host[1]
         if finite:
+            scale = interpolate(1.0, cfg.train.lr_decay, progress(step, total), "log_linear")
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * scale
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), cfg.train.grad_clip)
             self.optimizer.step()
