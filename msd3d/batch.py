@@ -472,7 +472,7 @@ class _PriorCache:
 
     def get(self, config: RunConfig):
         from msd3d.priors import build_prior
-        from msd3d.train import resolve_device
+        from msd3d.device import resolve_device
 
         device = resolve_device(config.device)
         key = f"{config.prior!r}@{device}"

@@ -26,7 +26,6 @@ shared by every method; each method gets a fresh :class:`~msd3d.train.Trainer` (
 from __future__ import annotations
 
 import gc
-import json
 import math
 import statistics
 import tempfile
@@ -39,11 +38,12 @@ import torch
 
 from msd3d.config import RunConfig, load_config, resolve_recipe
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_write_text
+from msd3d.export.atomic import atomic_write_json
 from msd3d.guidance import GUIDANCE_METHODS
 from msd3d.priors.base import DiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts
-from msd3d.train import Trainer, resolve_device
+from msd3d.device import resolve_device
+from msd3d.train import Trainer
 
 METHODS = tuple(GUIDANCE_METHODS)
 RANDOM_ARCHITECTURES = ("tiny", "sd21")
@@ -184,7 +184,7 @@ class BenchReport:
 
     def write_json(self, path: Path | str) -> Path:
         path = Path(path)
-        atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
         return path
 
 
@@ -386,7 +386,7 @@ def bench_method(
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) / 2**20
             reserved = torch.cuda.max_memory_reserved(device) / 2**20
-        del trainer, x, cond
+        trainer = x = cond = None  # release device memory before the next method
 
     median = statistics.median(step_s)
     mean = statistics.fmean(step_s)
@@ -564,16 +564,6 @@ def print_report(report: BenchReport, console: Any | None = None) -> None:
         if t["msd_peak_memory_gb"] is not None:
             parts.append(f"MSD peak {t['msd_peak_memory_gb']:.1f} GB (target <= 16)")
         console.print("targets: " + "; ".join(parts))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def parse_methods(text: str) -> tuple[str, ...]:

@@ -6,12 +6,18 @@ and commands that do not need Stable Diffusion never load it.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
+
+from msd3d.commands import user_errors
+from msd3d.commands.batch import batch
+from msd3d.commands.bench import bench
+from msd3d.commands.export import export
+from msd3d.commands.render import render
+from msd3d.commands.toy2d import toy2d
 
 app = typer.Typer(
     add_completion=False,
@@ -19,27 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Text-to-3D with mean-shift distillation (MSD) on Stable Diffusion.",
 )
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn msd3d's user-facing errors into one line on stderr and a non-zero exit."""
-    from msd3d.errors import Msd3dError
-
-    try:
-        yield
-    except Msd3dError as exc:
-        from msd3d.train import TrainingDiverged, TrainingInterrupted
-
-        code = 130 if isinstance(exc, TrainingInterrupted) else 3 if isinstance(exc, TrainingDiverged) else 2
-        fail(str(exc), code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
 
 
 def _split_prompt_and_overrides(prompt: Optional[str], overrides: Optional[List[str]]) -> tuple[Optional[str], list[str]]:
@@ -139,11 +124,6 @@ def catalogue() -> None:
                 typer.echo(f"  - {variant['name']}: {variant.get('description', '')}")
 
 
-from msd3d.commands.batch import batch  # noqa: E402  (light modules: heavy imports happen inside)
-from msd3d.commands.bench import bench  # noqa: E402
-from msd3d.commands.export import export  # noqa: E402
-from msd3d.commands.render import render  # noqa: E402
-from msd3d.commands.toy2d import toy2d  # noqa: E402
 
 app.command("export")(export)
 app.command("render")(render)

@@ -43,7 +43,7 @@ def generate(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     if not resume:
         check_fresh(run_dir)
-    trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress, log=log)
+    trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
     if resume:
         trainer.resume()
         log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
@@ -62,7 +62,7 @@ def finish(trainer: Trainer, show_progress: bool = True, log: Callable[[str], No
     scores = trainer.evaluate()
     if scores is not None:
         out["scores"] = scores
-    out["validation_png"] = str(trainer.save_validation(trainer.step))
+    out["validation_png"] = str(trainer.save_validation(trainer.step, overwrite=False))
     if config.export.mesh:
         mesh_t0 = time.perf_counter()
         out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root)

@@ -15,7 +15,6 @@ outputs/<prompt-slug>-<seed>/
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from msd3d.errors import CheckpointError
-from msd3d.export.atomic import atomic_path, atomic_write_text
+from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text, json_safe
 
 
 @dataclass(frozen=True)
@@ -89,20 +88,8 @@ def load_checkpoint(run: RunDir, map_location: str | torch.device = "cpu") -> di
     return state
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    atomic_write_json(path, data)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -130,7 +117,7 @@ class MetricsLog:
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from msd3d.config import RunConfig, to_yaml
+from msd3d.device import resolve_device
 from msd3d.errors import Msd3dError
 from msd3d.export.atomic import atomic_path, atomic_write_text
 from msd3d.guidance import Guidance, build_guidance
@@ -45,19 +46,6 @@ class TrainingInterrupted(Msd3dError):
 
 class TrainingDiverged(Msd3dError):
     """Too many consecutive non-finite steps."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise Msd3dError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Msd3dError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def read_scalars(values: Sequence[Tensor | float]) -> list[float]:
@@ -97,7 +85,6 @@ class Trainer:
         run_dir: Path,
         prior: DiffusionPrior | None = None,
         show_progress: bool = True,
-        log: Callable[[str], None] | None = None,
     ) -> None:
         if not config.prompt.strip():
             raise Msd3dError("the prompt is empty; pass a prompt such as \"a red mushroom\"")
@@ -105,7 +92,6 @@ class Trainer:
         self.run = RunDir(Path(run_dir))
         self.device = resolve_device(config.device)
         self.show_progress = show_progress
-        self.log = log or (lambda msg: None)
 
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -308,8 +294,12 @@ class Trainer:
         ).to(self.device)
 
     @torch.no_grad()
-    def save_validation(self, step: int) -> Path:
-        """A PNG strip of albedo (top) and normals (bottom) turntable views."""
+    def save_validation(self, step: int, overwrite: bool = True) -> Path:
+        """A PNG strip of albedo (top) and normals (bottom) turntable views; with ``overwrite=False``
+        an existing strip for ``step`` (rendered by the loop a moment ago) is kept as it is."""
+        path = self.run.validation / f"step_{step:06d}.png"
+        if path.is_file() and not overwrite:
+            return path
         self.renderer.eval()
         cams = self.eval_cameras(self.config.train.val_views)
         albedo = self.renderer.render_image(cams, shading="albedo", with_normals=True)
@@ -317,7 +307,6 @@ class Trainer:
         normal_rgb = (0.5 * (normals + 1.0)) * albedo.opacity + (1 - albedo.opacity)
         rows = [torch.cat(list(albedo.rgb), dim=1), torch.cat(list(normal_rgb), dim=1)]
         image = (torch.cat(rows, dim=0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        path = self.run.validation / f"step_{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             Image.fromarray(image).save(tmp, format="PNG")

@@ -161,7 +161,7 @@ def run_sd(arch: str, args, device: torch.device) -> tuple[list[Row], dict]:
         "encode_backward_ms_median": statistics.median(enc),
         "encode_backward_ms_min": min(enc),
     }
-    del prior, components
+    prior = components = None  # release device memory before the next architecture
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows, extra
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from msd3d.priors.stable_diffusion import resolve_device
+    from msd3d.device import resolve_device
 
     device = resolve_device(args.device)
     rows: list[Row] = []

@@ -31,7 +31,7 @@ def batch(
 
     Writes <out>/batch_summary.json and .csv. Exit code 0 if no entry failed, 1 if any failed.
     """
-    from msd3d.cli import fail, user_errors  # here, not at module level: msd3d.cli imports this module
+    from msd3d.commands import fail, user_errors
 
     with user_errors():
         from datetime import datetime, timezone

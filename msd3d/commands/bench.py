@@ -11,14 +11,11 @@ problem exits with status 2 and one line on stderr starting with ``error:``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, NoReturn, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+from msd3d.commands import fail
 
 
 def bench(
@@ -118,7 +115,7 @@ def bench(
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         report = run_bench(settings, log=log)
     except Msd3dError as err:
-        _fail(str(err))
+        fail(str(err))
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
         raise typer.Exit(130) from None

@@ -75,7 +75,7 @@ def export(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
 ) -> None:
     """Export RUN_DIR's mesh as OBJ / GLB / PLY (1 unit = 1 m, centred at the origin; GLB is +y up)."""
-    from msd3d.cli import user_errors  # here, not at module level: msd3d.cli imports this module
+    from msd3d.commands import user_errors
 
     with user_errors():
         import dataclasses
@@ -84,7 +84,7 @@ def export(
         from msd3d.assets import load_trained_renderer
         from msd3d.errors import Msd3dError
         from msd3d.export.mesh import MESH_FORMATS, export_mesh_files, extract_mesh
-        from msd3d.train import resolve_device
+        from msd3d.device import resolve_device
 
         t0 = time.perf_counter()
         chosen = parse_choices(formats, MESH_FORMATS, "--format")

@@ -33,7 +33,7 @@ def render(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Render a turntable video (MP4 or GIF) of RUN_DIR, optionally with normals / depth panels."""
-    from msd3d.cli import user_errors  # here, not at module level: msd3d.cli imports this module
+    from msd3d.commands import user_errors
 
     with user_errors():
         import dataclasses
@@ -44,7 +44,7 @@ def render(
         from msd3d.errors import Msd3dError
         from msd3d.export.video import PANELS, VIDEO_FORMATS
         from msd3d.render.shading import SHADING_MODES
-        from msd3d.train import resolve_device
+        from msd3d.device import resolve_device
 
         t0 = time.perf_counter()
         if shading not in SHADING_MODES:

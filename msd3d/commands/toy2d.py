@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from msd3d.commands import fail
 
 # Names for the help texts, kept here so `msd3d --help` does not import torch; a test checks that
 # they equal msd3d.experiments.datasets2d.DATASETS and msd3d.guidance.msd.KERNELS.
 DATASET_NAMES = ("fractal", "spiral", "pinwheel")
 KERNEL_NAMES = ("exp", "diffused", "posterior")
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def toy2d(
@@ -89,28 +86,28 @@ def toy2d(
     from msd3d.guidance.msd import KERNELS
 
     if steps < 1:
-        _fail(f"--steps must be at least 1, got {steps}")
+        fail(f"--steps must be at least 1, got {steps}")
     if grid < 2:
-        _fail(f"--grid must be at least 2, got {grid}")
+        fail(f"--grid must be at least 2, got {grid}")
     for flag, value in (("--lambda-start", lambda_start), ("--lambda-end", lambda_end), ("--lr", lr)):
         if value is not None and not value > 0:
-            _fail(f"{flag} must be positive, got {value}")
+            fail(f"{flag} must be positive, got {value}")
     if kernel not in KERNELS:
-        _fail(f"unknown --kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        fail(f"unknown --kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if sampler_steps < 1 or samples < 1:
-        _fail("--sampler-steps and --samples must be at least 1")
+        fail("--sampler-steps and --samples must be at least 1")
     if guidance_scale <= 0:
-        _fail(f"--guidance-scale must be positive, got {guidance_scale}")
+        fail(f"--guidance-scale must be positive, got {guidance_scale}")
     method_list = tuple(m.strip().lower() for m in methods.split(",") if m.strip())
     if not method_list:
-        _fail("--methods must name at least one method (sds, msd, sdi)")
+        fail("--methods must name at least one method (sds, msd, sdi)")
     try:
         for m in method_list:
             parse_method(m)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     if len(set(method_list)) != len(method_list):
-        _fail(f"--methods repeats a method: {methods!r}")
+        fail(f"--methods repeats a method: {methods!r}")
 
     if gmm is not None:
         names = [dataset if dataset not in DATASETS and dataset != "all" else gmm.stem]
@@ -120,7 +117,7 @@ def toy2d(
         names = [d.strip().lower() for d in dataset.split(",") if d.strip()]
         unknown = [d for d in names if d not in DATASETS]
         if not names or unknown:
-            _fail(f"unknown --dataset {', '.join(unknown) or dataset!r}; choose from {', '.join(DATASETS)}, "
+            fail(f"unknown --dataset {', '.join(unknown) or dataset!r}; choose from {', '.join(DATASETS)}, "
                   "'all', or pass --gmm FILE")
 
     base = Toy2DConfig(
@@ -149,6 +146,6 @@ def toy2d(
         else:
             results = run_toy2d_suite(base, names, out, show_progress=progress)
     except Msd3dError as err:
-        _fail(str(err))
+        fail(str(err))
     typer.echo(summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")

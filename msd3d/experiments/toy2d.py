@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from torch import Tensor
 
 from msd3d.errors import Msd3dError
+from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text
 from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
@@ -420,7 +419,7 @@ def run_toy2d_suite(
             if res["efficiency"]:
                 text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(res["efficiency"])
         atomic_write_text(out / "table.md", text)
-        atomic_write_text(out / "results.json", json.dumps(_json_safe(all_results), indent=1))
+        atomic_write_json(out / "results.json", all_results, indent=1)
     return all_results
 
 
@@ -501,42 +500,6 @@ def _config_dict(config: Toy2DConfig) -> dict[str, Any]:
 
 
 # -- outputs --------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_figure(fig, path: Path, dpi: int = 110) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None so that results.json is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 METRIC_COLUMNS = (
     ("nll", "NLL ↓", "{:.3f}"),
     ("nll_median", "median NLL ↓", "{:.3f}"),
@@ -613,7 +576,7 @@ def write_outputs(
     if results["efficiency"]:
         text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(results["efficiency"])
     atomic_write_text(out_dir / "table.md", text)
-    atomic_write_text(out_dir / "results.json", json.dumps(_json_safe(results), indent=1))
+    atomic_write_json(out_dir / "results.json", results, indent=1)
 
 
 def _density_image(prior: GaussianMixturePrior, bounds, prompt: str, res: int) -> Tensor:
@@ -651,13 +614,13 @@ def plot_particles(out_dir: Path, runs: dict[str, MethodRun], dataset: Dataset2D
     for name, run in runs.items():
         fig, ax = plt.subplots(figsize=(4.5, 4.5), layout="constrained")
         draw(ax, run)
-        atomic_save_figure(fig, out_dir / f"particles_{name}.png")
+        save_figure(fig, out_dir / f"particles_{name}.png")
         plt.close(fig)
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.4), squeeze=False, layout="constrained")
     for ax, run in zip(axes[0], runs.values()):
         draw(ax, run)
     fig.suptitle(f"{dataset.name} (prompt {prompt!r}): final particles over log p", fontsize=10)
-    atomic_save_figure(fig, out_dir / "particles.png")
+    save_figure(fig, out_dir / "particles.png")
     plt.close(fig)
 
 
@@ -676,7 +639,7 @@ def plot_curves(path: Path, runs: dict[str, MethodRun], title: str) -> None:
     ax.set_yscale("symlog")
     ax.set_title(title)
     ax.legend()
-    atomic_save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -737,5 +700,11 @@ def plot_efficiency(path: Path, rows: Sequence[dict], title: str) -> None:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=6)
     ax_c.legend(fontsize=6)
-    atomic_save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, written atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)

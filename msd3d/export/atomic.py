@@ -13,12 +13,23 @@ behave exactly as they would on the real path.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_paths", "atomic_write_bytes", "atomic_write_text", "atomic_write_files"]
+__all__ = [
+    "atomic_path",
+    "atomic_paths",
+    "atomic_write_bytes",
+    "atomic_write_files",
+    "atomic_write_json",
+    "atomic_write_text",
+    "json_safe",
+]
 
 
 def _temp_path_for(path: Path) -> Path:
@@ -114,6 +125,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf as null, paths as strings and keys as strings: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 2) -> Path:
+    """Write ``data`` as strict JSON (see :func:`json_safe`) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=indent) + "\n")
 
 
 def atomic_write_files(files: Mapping[str | os.PathLike[str], bytes]) -> list[Path]:

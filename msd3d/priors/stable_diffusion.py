@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from msd3d.device import resolve_device
 from msd3d.errors import ModelLoadError
 from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.schedule import VPSchedule
@@ -92,13 +93,6 @@ class StableDiffusionConfig:
 
 # ------------------------------------------------------------------------------------------------
 # devices, dtypes, offline mode
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
