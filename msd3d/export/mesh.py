@@ -93,8 +93,10 @@ class MeshExportConfig:
     """Points per field query (memory bound on the field's device)."""
 
     def validate(self) -> None:
-        if not 8 <= self.resolution <= 1024:
-            raise ValueError(f"mesh.resolution must be from 8 to 1024, got {self.resolution}")
+        if self.resolution < 8:
+            raise ValueError("mesh.resolution must be at least 8")
+        if self.resolution > 1024:
+            raise ValueError(f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}")
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 try:
@@ -110,8 +112,10 @@ class MeshExportConfig:
             raise ValueError("mesh.min_component_fraction must lie in [0, 1)")
         if self.decimate_faces < 0 or 0 < self.decimate_faces < 4:
             raise ValueError("mesh.decimate_faces must be 0 (off) or at least 4")
-        if not 16 <= self.texture_size <= 8192:
-            raise ValueError(f"mesh.texture_size must be from 16 to 8192, got {self.texture_size}")
+        if self.texture_size < 16:
+            raise ValueError("mesh.texture_size must be at least 16")
+        if self.texture_size > 8192:
+            raise ValueError(f"mesh.texture_size must be at most 8192, got {self.texture_size}")
         if self.texture_max_faces < 4:
             raise ValueError("mesh.texture_max_faces must be at least 4")
         unknown = [f for f in self.formats if f.lower().lstrip(".") not in MESH_FORMATS]

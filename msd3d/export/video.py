@@ -85,10 +85,14 @@ class VideoConfig:
     """H.264 quality, 0 (smallest) to 10 (best), imageio-ffmpeg's scale."""
 
     def validate(self) -> None:
-        if not 1 <= self.frames <= MAX_FRAMES:
-            raise ValueError(f"video.frames must be from 1 to {MAX_FRAMES}, got {self.frames}")
-        if not 2 <= self.size <= MAX_SIZE:
-            raise ValueError(f"video.size must be from 2 to {MAX_SIZE}, got {self.size}")
+        if self.frames < 1:
+            raise ValueError("video.frames must be at least 1")
+        if self.frames > MAX_FRAMES:
+            raise ValueError(f"video.frames must be at most {MAX_FRAMES}, got {self.frames}")
+        if self.size < 2:
+            raise ValueError("video.size must be at least 2")
+        if self.size > MAX_SIZE:
+            raise ValueError(f"video.size must be at most {MAX_SIZE}, got {self.size}")
         if self.fps < 1:
             raise ValueError("video.fps must be at least 1")
         if self.distance <= 0:

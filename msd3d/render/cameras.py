@@ -177,8 +177,10 @@ class CameraConfig:
             raise ValueError("camera.distance_range must be positive")
         if not (0 < self.fovy_range[0] and self.fovy_range[1] < 180):
             raise ValueError("camera.fovy_range must lie in (0, 180) degrees")
-        if not 1 <= self.batch_size <= 64:
-            raise ValueError(f"camera.batch_size must be from 1 to 64, got {self.batch_size}")
+        if self.batch_size < 1:
+            raise ValueError("camera.batch_size must be at least 1")
+        if self.batch_size > 64:
+            raise ValueError(f"camera.batch_size must be at most 64, got {self.batch_size}")
 
 
 def _uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> Tensor:

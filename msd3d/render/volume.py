@@ -115,16 +115,20 @@ class RenderConfig:
             raise ValueError(f"render.resolution must be at most 1024, got {self.resolution}")
         if self.eval_resolution > 2048:
             raise ValueError(f"render.eval_resolution must be at most 2048, got {self.eval_resolution}")
-        if not 1 <= self.samples_per_ray <= 1024:
-            raise ValueError(f"render.samples_per_ray must be from 1 to 1024, got {self.samples_per_ray}")
+        if self.samples_per_ray < 1:
+            raise ValueError("render.samples_per_ray must be at least 1")
+        if self.samples_per_ray > 1024:
+            raise ValueError(f"render.samples_per_ray must be at most 1024, got {self.samples_per_ray}")
         if self.ray_bounds not in RAY_BOUNDS:
             raise ValueError(f"render.ray_bounds must be one of {', '.join(RAY_BOUNDS)}, got {self.ray_bounds!r}")
         if not 0 <= self.near < self.far:
             raise ValueError("render.near and render.far must satisfy 0 <= near < far")
         if _grid_mode(self.use_occupancy_grid) not in GRID_MODES:
             raise ValueError(f"render.use_occupancy_grid must be auto, true or false, got {self.use_occupancy_grid!r}")
-        if not 1 <= self.grid_resolution <= 512:
-            raise ValueError(f"render.grid_resolution must be from 1 to 512, got {self.grid_resolution}")
+        if self.grid_resolution < 1:
+            raise ValueError("render.grid_resolution must be at least 1")
+        if self.grid_resolution > 512:
+            raise ValueError(f"render.grid_resolution must be at most 512, got {self.grid_resolution}")
         if self.grid_update_interval < 1:
             raise ValueError("render.grid_update_interval must be at least 1")
         if self.grid_warmup_steps < 0:
