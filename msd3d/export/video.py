@@ -291,13 +291,15 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: int, quality: int) -> None:
         pix_fmt_out="yuv420p",
         quality=quality,
         macro_block_size=1,  # sizes are already even; never let imageio-ffmpeg rescale
-        ffmpeg_log_level="error",
+        ffmpeg_log_level="quiet",  # failures are reported in one line by the check in write_video
         output_params=["-movflags", "+faststart"],
     )
-    writer.send(None)  # start ffmpeg
     try:
+        writer.send(None)  # start ffmpeg
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
+    except OSError:
+        pass  # ffmpeg exited early (e.g. a full disk: broken pipe); _check_written reports what is missing
     finally:
         writer.close()
 
