@@ -119,9 +119,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            f.write(buffer.getbuffer())
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(run: RunDir, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -169,7 +169,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 def _print_results(result, root: Path) -> None:
     from rich.console import Console
-    from rich.markup import escape
 
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items())
     table = _table(f"batch finished in {result.seconds:.1f} s: {counts} -> {root}")

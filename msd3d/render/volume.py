@@ -43,7 +43,7 @@ RAY_BOUNDS = ("aabb", "near_far")
 
 @torch.no_grad()
 def _update_grid(
-    estimator: "nerfacc.OccGridEstimator",
+    estimator: nerfacc.OccGridEstimator,
     step: int,
     occ_eval_fn: Callable[[Tensor], Tensor],
     occ_thre: float,
