@@ -195,9 +195,10 @@ class Trainer:
         self.checkpoint_step = self.step
 
     def parameters_finite(self) -> bool:
-        """Whether every floating-point parameter and buffer of the renderer is finite (one host sync)."""
-        tensors = [t for t in self.renderer.state_dict().values() if t.is_floating_point()]
-        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+        """Whether every parameter of the renderer is finite (one host sync). Buffers such as the
+        occupancy grid's running densities are not checked: they may legitimately saturate."""
+        params = [p.detach() for p in self.renderer.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
 
     def _kept_checkpoint(self) -> str:
         kept = self.run.checkpoint if self.run.checkpoint.is_file() else None

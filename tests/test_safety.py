@@ -27,7 +27,7 @@ from msd3d.config import load_config, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.generate import generate
 from msd3d.run_dir import RunDir, load_checkpoint
-from msd3d.train import Trainer
+from msd3d.train import Trainer, TrainingDiverged
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -320,6 +320,12 @@ def test_parameters_that_turn_nonfinite_in_the_step_are_restored_and_never_check
     for key, value in before.items():
         assert torch.equal(state["field"][key], value), key  # every step was undone
     assert [r["finite"] for r in trainer.metrics.read()] == [False] * 4
+    # and a non-finite state is never written, whatever produced it
+    with torch.no_grad():
+        next(trainer.renderer.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="refusing to checkpoint"):
+        trainer.save_checkpoint()
+    assert load_checkpoint(RunDir(tmp_path / "run"))["step"] == 4
 
 
 # ------------------------------------------------------------------------------------------------
