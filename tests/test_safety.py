@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +31,6 @@ from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parent.parent
 
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
@@ -459,32 +459,36 @@ def test_a_restart_after_a_run_died_before_its_first_checkpoint_starts_a_clean_l
     assert steps == [0, 1, 2, 3]
 
 
-_SIGTERM_IN_FINISH = """\
-import os, signal, sys, time
-import msd3d.generate
-from msd3d.cli import app
-
-def slow_mesh(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(5)
-    raise SystemExit("the signal was not handled")
-
-msd3d.generate.write_mesh = slow_mesh
-sys.argv = ["msd3d", "generate", "a red mushroom", "-c", sys.argv[1], "--out", sys.argv[2], "-q", "export.mesh=true"]
-app()
-"""
+class _Unhandled(Exception):
+    """Raised by the test's own SIGTERM handler: the command did not handle the signal itself."""
 
 
-def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-c", _SIGTERM_IN_FINISH, str(recipe), str(out)], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.returncode == 130, (proc.returncode, proc.stderr)
-    line = _one_error_line(proc.stderr)
+def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkeypatch):
+    import msd3d.generate
+
+    def slow_mesh(*args, **kwargs):  # a real SIGTERM to this process in the middle of meshing
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+        raise AssertionError("the signal was not delivered")
+
+    def unhandled(signum, frame):  # instead of dying with 143 (what happened before), fail the test
+        raise _Unhandled("SIGTERM reached the default handler")
+
+    monkeypatch.setattr(msd3d.generate, "write_mesh", slow_mesh)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        out = tmp_path / "run"
+        result = runner.invoke(app, ["generate", "a red mushroom", "-c", str(recipe), "--out", str(out), "-q",
+                                     "export.mesh=true"])
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not isinstance(result.exception, _Unhandled), "SIGTERM was not handled while meshing"
+    assert result.exit_code == 130, (result.exit_code, result.stderr)
+    line = _one_error_line(result.stderr)
     assert "SIGTERM" in line and f"--resume {out}" in line
     assert load_checkpoint(RunDir(out))["step"] == 4
+    assert after is unhandled  # the command put the handler back
 
 
 # ------------------------------------------------------------------------------------------------
