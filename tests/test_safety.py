@@ -491,6 +491,34 @@ def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkey
     assert after is unhandled  # the command put the handler back
 
 
+@pytest.mark.parametrize("command", ["export", "render"])
+def test_sigterm_during_export_and_render_exits_130(trained, tmp_path, monkeypatch, command):
+    import msd3d.assets
+    import msd3d.export.mesh
+
+    def slow(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+        raise AssertionError("the signal was not delivered")
+
+    def unhandled(signum, frame):
+        raise _Unhandled("SIGTERM reached the default handler")
+
+    monkeypatch.setattr(msd3d.assets, "write_turntable", slow)
+    monkeypatch.setattr(msd3d.export.mesh, "export_mesh_files", slow)
+    args = {
+        "export": ["export", trained, "--out", tmp_path / "mesh", "--device", "cpu"],
+        "render": ["render", trained, "--out", tmp_path / "t.mp4", "--device", "cpu", "-q"],
+    }[command]
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        result = runner.invoke(app, [str(a) for a in args])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not isinstance(result.exception, _Unhandled), "SIGTERM was not handled"
+    assert result.exit_code == 130 and "SIGTERM received" in _one_error_line(result.stderr)
+
+
 # ------------------------------------------------------------------------------------------------
 # honest claims
 
