@@ -81,7 +81,10 @@ def render(
         else:
             path = out
 
-        info = write_turntable(renderer, video, path, shading=shading, show_progress=not quiet)
+        from msd3d.train import interrupt_on_signals
+
+        with interrupt_on_signals(lambda name: f"{name} received: rendering stopped, {path} was not changed"):
+            info = write_turntable(renderer, video, path, shading=shading, show_progress=not quiet)
         height, width = info["size"]
         typer.echo(
             f"wrote {path}: {info['frames']} frames, {width}x{height} ({', '.join(video.panels)}, {shading}), "

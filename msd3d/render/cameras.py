@@ -154,7 +154,7 @@ class CameraConfig:
     fovy_range: tuple[float, float] = (40.0, 70.0)
     """Training vertical field of view, degrees."""
     batch_size: int = 1
-    """Views per optimisation step."""
+    """Views per optimisation step; at most 64."""
     eval_elevation: float = 15.0
     """Elevation of validation and scoring turntables, degrees."""
     eval_distance: float = 1.75
@@ -179,6 +179,8 @@ class CameraConfig:
             raise ValueError("camera.fovy_range must lie in (0, 180) degrees")
         if self.batch_size < 1:
             raise ValueError("camera.batch_size must be at least 1")
+        if self.batch_size > 64:
+            raise ValueError(f"camera.batch_size must be at most 64, got {self.batch_size}")
 
 
 def _uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> Tensor:
