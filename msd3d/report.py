@@ -43,22 +43,26 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply", ".mtl")
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1080px;margin:0 auto;padding:20px 24px 40px}
-h1{font-size:1.5rem;margin:0 0 2px}h2{font-size:1.1rem;margin:26px 0 10px;border-bottom:1px solid #d9dde4;padding-bottom:4px}
+h1{font-size:1.5rem;margin:0 0 2px}h2{font-size:1.1rem;margin:22px 0 10px;border-bottom:1px solid #d9dde4;padding-bottom:4px}
 .sub{color:#5b6475;margin:0 0 10px}
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .panel{background:#fff;border:1px solid #d9dde4;border-radius:8px;padding:10px}
 video,img.pix{image-rendering:pixelated}
 video{width:288px;height:288px;background:#fff;display:block}
-.stills img{width:96px;height:96px;margin:2px;border:1px solid #eceff3}
+.stills{display:flex;gap:4px;margin-top:6px}.stills img{width:69px;height:69px;border:1px solid #eceff3}
+.turntable{width:288px;height:288px;display:block}
 .plots img{width:100%;max-width:512px;height:auto}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px}
-.val figure{margin:0 0 10px}.val img{max-width:100%;height:auto;border:1px solid #eceff3}
-figcaption{font-size:.85rem;color:#5b6475}
+.val{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
+.val figure{margin:0}.val img{width:100%;height:auto;border:1px solid #eceff3}
+figcaption{font-size:.85rem;color:#5b6475;max-width:288px;margin-top:4px}
+.val figcaption{max-width:none}
 table{border-collapse:collapse;font-size:.9rem;background:#fff}
 td,th{border:1px solid #d9dde4;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .big{font-size:1.25rem;font-weight:600}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px;align-items:start}
+.noimg{aspect-ratio:1;display:flex;align-items:center;justify-content:center;background:#eef1f5;color:#5b6475}
 .card{background:#fff;border:1px solid #d9dde4;border-radius:8px;padding:10px}
 .card img{width:100%;height:auto;background:#fff;border:1px solid #eceff3}
 .card h3{font-size:1rem;margin:6px 0 4px}
@@ -169,7 +173,7 @@ def plot_png(
         axes.set_yscale("log")
     axes.set_title(title, fontsize=11)
     axes.set_xlabel("step")
-    axes.set_ylabel(ylabel)
+    axes.set_ylabel(ylabel if len(series) > 1 else series[0].label)
     axes.grid(True, alpha=0.3)
     if len(series) > 1:
         axes.legend(fontsize=8, frameon=False)
@@ -335,51 +339,50 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
 
     title = summary.get("prompt") or run_dir.name
     method = f"{summary.get('guidance', '?')} on the {summary.get('prior', '?')} prior"
-    parts = [
-        f"<h1>{_esc(title)}</h1>",
-        f"<p class=sub>{_esc(method)} · {_esc(_fmt(summary.get('steps')))} steps · run folder "
-        f"<code>{_esc(run_dir.name)}</code></p>",
-    ]
     scores = summary.get("scores") or {}
-    headline = []
+    headline = [_esc(method), f"{_esc(_fmt(summary.get('steps')))} steps"]
     if isinstance(scores.get("mode_psnr"), (int, float)):
-        headline.append(f"<span class=big>mode PSNR {scores['mode_psnr']:.2f} dB</span>")
+        headline.append(f"<b>mode PSNR {scores['mode_psnr']:.2f} dB</b>")
     if isinstance(scores.get("blend_psnr"), (int, float)):
         headline.append(f"blend PSNR {scores['blend_psnr']:.2f} dB")
+    headline.append(f"run folder <code>{_esc(run_dir.name)}</code>")
+    parts = [f"<h1>{_esc(title)}</h1>", f"<p class=sub>{' · '.join(headline)}</p>", "<div class=row>"]
 
-    parts.append("<h2>Turntable</h2><div class=row>")
+    # left: the turntable (video, or GIF) with its still frames below
+    parts.append("<div class=panel>")
     if video is not None:
         poster = f" poster='{_href(stills[0], run_dir)}'" if stills else ""
         if video.suffix == ".gif":
-            parts.append(f"<div class=panel><img class=pix src='{_href(video, run_dir)}' alt='turntable' width=288 height=288></div>")
+            parts.append(f"<img class='pix turntable' src='{_href(video, run_dir)}' alt='turntable'>")
         else:
             parts.append(
-                f"<div class=panel><video class=pix src='{_href(video, run_dir)}'{poster} controls autoplay loop muted "
-                f"playsinline></video><div><a href='{_href(video, run_dir)}'>{_esc(video.name)}</a></div></div>"
+                f"<video class=pix src='{_href(video, run_dir)}'{poster} autoplay loop muted playsinline title='turntable (right-click for controls)'>"
+                "</video>"
             )
         if stills:
             imgs = "".join(
                 f"<img class=pix src='{_href(p, run_dir)}' alt='turntable frame {i + 1}'>" for i, p in enumerate(stills)
             )
-            parts.append(f"<div class='panel stills'>{imgs}<figcaption>still frames (front first)</figcaption>")
-            if headline:
-                parts.append(f"<p>{' · '.join(headline)}</p>")
-            parts.append("</div>")
+            parts.append(f"<div class=stills>{imgs}</div>")
+        parts.append(
+            f"<figcaption>turntable (<a href='{_href(video, run_dir)}'>{_esc(video.name)}</a>); "
+            "still frames from the front, every quarter turn</figcaption>"
+        )
     else:
         parts.append("<p>No turntable video in this run folder (export.video was off, or the run has not finished).</p>")
     parts.append("</div>")
 
-    parts.append("<h2>Summary</h2>")
+    # right: the summary table and the files
+    parts.append("<div>")
     parts.append(_table(_summary_rows(summary)) if summary else "<p>No summary.json yet: the run has not finished.</p>")
-
     parts.append("<h2>Files</h2><ul>")
     for path in meshes:
         size_kb = path.stat().st_size / 1024
         parts.append(f"<li><a href='{_href(path, run_dir)}'>{_esc(path.name)}</a> ({size_kb:,.0f} kB)</li>")
-    for name in ("summary.json", "metrics.jsonl", "config.yaml"):
+    for name in ("summary.json", "metrics.jsonl", SCORES_NAME, "config.yaml"):
         if (run_dir / name).is_file():
             parts.append(f"<li><a href='{_href(run_dir / name, run_dir)}'>{_esc(name)}</a></li>")
-    parts.append("</ul>")
+    parts.append("</ul></div></div>")
 
     if plots:
         parts.append("<h2>Training curves</h2><div class=plots>")
@@ -468,6 +471,8 @@ def write_batch_index(
         if thumb is not None:
             img = f"<img class=pix src='{_href(thumb, root)}' alt='{title}'>"
             card.append(f"<a href='{_href(link, root)}'>{img}</a>" if link else img)
+        else:
+            card.append("<div class=noimg>no render</div>")
         card.append(f"<h3>{f'<a href={chr(39)}{_href(link, root)}{chr(39)}>{title}</a>' if link else title}</h3>")
         card.append(f"<div>#{_esc(entry.get('index', '?'))} · seed {_esc(_fmt(entry.get('seed')))} · "
                     f"<span class={css}>{_esc(status)}</span></div>")

@@ -62,11 +62,10 @@ class VideoConfig:
     elevation: float = 15.0
     """Degrees above the horizon."""
     distance: float = 1.75
-    """Camera distance from the origin, world units (used as is when ``fill`` is 0)."""
+    """Camera distance from the origin, world units (used when video.fill is 0)."""
     fill: float = 0.85
-    """Frame the object: the camera circles the centre of the field's occupied bounding box at the
-    distance where the object's widest view spans this fraction of the frame. 0 = circle the
-    origin at ``distance``."""
+    """Frame the object: the camera circles the centre of the object's extent at the distance where
+    its widest view spans this fraction of the frame; 0 = circle the origin at video.distance."""
     fovy: float = 55.0
     """Vertical field of view, degrees."""
     start_azimuth: float = 0.0
