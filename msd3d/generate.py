@@ -75,7 +75,9 @@ class ScoreLogger:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.enabled = bool(trainer.config.train.val_every)
+        # priors that keep the base class's "cannot score" (Stable Diffusion) are not asked
+        scores = type(trainer.prior).evaluate is not DiffusionPrior.evaluate
+        self.enabled = scores and bool(trainer.config.train.val_every)
         self.log = MetricsLog(trainer.run.root / SCORES_NAME)
         self.log.truncate_after(trainer.step + 1)
 

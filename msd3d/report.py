@@ -439,11 +439,21 @@ def _entry_dir(root: Path, entry: dict[str, Any]) -> Path | None:
     return None
 
 
+def _report_is_stale(run_dir: Path) -> bool:
+    """The run has results and no report, or results newer than its report."""
+    sources = [p for p in (run_dir / "summary.json", run_dir / "metrics.jsonl") if p.is_file()]
+    if not sources:
+        return False
+    page = run_dir / REPORT_NAME
+    return not page.is_file() or page.stat().st_mtime < max(p.stat().st_mtime for p in sources)
+
+
 def write_batch_index(
     root: str | os.PathLike[str], run_reports: bool = True, on_entry: Callable[[], None] | None = None
 ) -> Path:
     """Write ``ROOT/index.html`` from the batch summaries there (every shard's); with ``run_reports``
-    also each finished entry's ``report.html`` first. Returns the page."""
+    also each entry's ``report.html`` first where it is missing or older than the run's results.
+    Returns the page."""
     root = Path(root)
     docs = _batch_documents(root)
     if not docs:
@@ -454,7 +464,7 @@ def write_batch_index(
     for entry in entries:
         run_dir = _entry_dir(root, entry)
         report = run_dir / REPORT_NAME if run_dir else None
-        if run_dir is not None and run_reports and ((run_dir / "summary.json").is_file() or (run_dir / "metrics.jsonl").is_file()):
+        if run_dir is not None and run_reports and _report_is_stale(run_dir):
             report = write_run_report(run_dir)
         if on_entry is not None:
             on_entry()

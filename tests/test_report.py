@@ -5,7 +5,10 @@ The pages are parsed with html.parser here; scripts/screenshot_report.py checks 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -71,8 +74,18 @@ def run_dir(tmp_path_factory) -> Path:
     overrides += [f"train.steps={STEPS}", "train.val_every=2", "video.frames=8", "video.size=32", "mesh.formats=[obj,glb]"]
     config = load_config(resolve_recipe("msd-oracle", None, None), overrides, {"prompt": "a red mushroom", "device": "cpu"})
     run = tmp_path_factory.mktemp("report") / "run"
-    generate(config, run, show_progress=False, log=lambda _: None)
+    shown = io.StringIO()  # what the progress display printed (rich writes to sys.stderr)
+    with contextlib.redirect_stderr(shown):
+        generate(config, run, show_progress=True, log=lambda _: None)
+    (run.parent / "progress.txt").write_text(shown.getvalue())
     return run
+
+
+def test_every_finishing_stage_shows_progress(run_dir):
+    shown = (run_dir.parent / "progress.txt").read_text()
+    for stage in ("training", "scoring", "validation render", "mesh", "turntable", "report"):
+        assert re.search(rf"^{stage}\b.*\d+/\d+", shown, flags=re.M), f"no progress row for {stage!r}:\n{shown}"
+    assert re.search(r"^turntable\b.*8/8", shown, flags=re.M)  # frame by frame
 
 
 def test_generate_writes_an_offline_report(run_dir):
