@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from msd3d.config import RunConfig, load_config
@@ -64,26 +65,29 @@ def turntable_render_fn(renderer: VolumeRenderer, shading: str = "albedo"):
 
 
 @torch.no_grad()
-def occupied_points(field: Any, resolution: int = 64, outlier_fraction: float = 0.002) -> torch.Tensor:
+def occupied_points(field: Any, resolution: int = 64, min_component: float = 0.05) -> torch.Tensor:
     """Centres (P, 3) of the grid cells inside the object's visual hull seen along the three axes.
 
     The density grid is integrated along x, y and z into three orthographic opacity maps; a cell is
     kept when all three maps are at least half opaque where it projects. This follows what a camera
     sees (a soft, fuzzy field counts where it looks opaque), with no density threshold to tune.
-    Per axis, the outermost ``outlier_fraction`` of cells on each side are then dropped, so a stray
-    floater does not shrink the object in the video. Empty (0, 3) when nothing looks opaque.
+    Connected pieces smaller than ``min_component`` of the largest are dropped, so a stray floater
+    does not shrink the object in the video (thin parts attached to it, a stem, stay).
+    Empty (0, 3) when nothing looks opaque.
     """
+    from scipy import ndimage
+
     bound = float(field.bound)
     cell = 2.0 * bound / (resolution - 1)
     grid = torch.from_numpy(density_grid(field, resolution)).clamp_min(0.0)  # (X, Y, Z)
     opaque = [1.0 - torch.exp(-grid.sum(dim=axis) * cell) >= 0.5 for axis in range(3)]  # (Y,Z), (X,Z), (X,Y)
-    hull = opaque[0][None, :, :] & opaque[1][:, None, :] & opaque[2][:, :, None]  # (X, Y, Z)
-    points = -bound + hull.nonzero().float() * cell
-    if len(points) > 1 and outlier_fraction > 0:
-        lo = torch.quantile(points, outlier_fraction, dim=0)
-        hi = torch.quantile(points, 1.0 - outlier_fraction, dim=0)
-        points = points[((points >= lo) & (points <= hi)).all(dim=1)]
-    return points
+    hull = (opaque[0][None, :, :] & opaque[1][:, None, :] & opaque[2][:, :, None]).numpy()  # (X, Y, Z)
+    labels, count = ndimage.label(hull, structure=np.ones((3, 3, 3), bool))
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.flatnonzero(sizes >= min_component * sizes.max()) + 1
+        hull = np.isin(labels, keep)
+    return -bound + torch.from_numpy(np.argwhere(hull)).float() * cell
 
 
 def frame_turntable(field: Any, config: VideoConfig) -> tuple[VideoConfig, tuple[float, float, float] | None]:

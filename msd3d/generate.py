@@ -39,7 +39,7 @@ def generate(
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train (or resume) a run, then score it and write the mesh and the turntable.
+    """Train (or resume) a run, then score it and write the mesh, the turntable and report.html.
 
     Returns the summary that is also written to ``summary.json``.
     """

@@ -91,3 +91,14 @@ def test_empty_field_keeps_the_configured_camera():
 def test_fill_is_validated():
     with pytest.raises(ValueError, match="video.fill"):
         dataclasses.replace(VideoConfig(), fill=1.2).validate()
+
+
+def test_floaters_do_not_shrink_the_object_but_thin_parts_count():
+    from test_export import SpheresField
+
+    # a ball, a thin stem under it (part of the object) and a small floater far off to the side
+    ball = SpheresField([((0.0, 0.0, 0.1), 0.3)] + [((0.0, 0.0, 0.1 - 0.04 * i), 0.05) for i in range(16)] + [((0.8, 0.8, 0.8), 0.06)])
+    points = occupied_points(ball)
+    lo, hi = points.min(dim=0).values, points.max(dim=0).values
+    assert float(hi.max()) < 0.5  # the floater at (0.8, 0.8, 0.8) is gone
+    assert float(lo[2]) < -0.5  # the stem's bottom (z = -0.55) is kept
