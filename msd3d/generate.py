@@ -56,8 +56,7 @@ def generate(
         write_json(trainer.run.summary, summary)
         with _stage(progress, "report"):
             try:
-                summary["report"] = str(write_run_report(trainer.run.root))
-                write_json(trainer.run.summary, summary)
+                summary["report"] = str(write_run_report(trainer.run.root))  # returned, not in summary.json
             except Exception as exc:  # the run's results are all written; a page must not fail it
                 log(f"report.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {run_dir}")
     if "report" in summary:

@@ -307,6 +307,25 @@ def _mesh_files(run_dir: Path, summary: dict[str, Any]) -> list[Path]:
     return files
 
 
+def _unfinished_header(run_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Prompt, guidance and prior from config.yaml, steps so far from the metrics."""
+    header: dict[str, Any] = {}
+    try:
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+        header = {
+            "prompt": config.get("prompt"),
+            "guidance": (config.get("guidance") or {}).get("name"),
+            "prior": (config.get("prior") or {}).get("name"),
+        }
+    except Exception:  # no or unreadable config: the page still shows the curves
+        pass
+    steps = [int(r["step"]) + 1 for r in records if "loss" in r]
+    header["steps"] = max(steps) if steps else None
+    return header
+
+
 def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     """Write ``RUN_DIR/report.html`` (and its plots and stills under ``RUN_DIR/report/``); returns the page."""
     run_dir = Path(run_dir)
@@ -318,6 +337,10 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
         raise Msd3dError(
             f"{str(run_dir)!r} has neither summary.json nor metrics.jsonl; pass a run directory written by msd3d generate"
         )
+    if not summary:  # not finished (yet): what the run is, from its config and metrics
+        summary_like = _unfinished_header(run_dir, records)
+    else:
+        summary_like = summary
     assets = run_dir / ASSET_DIR
     assets.mkdir(exist_ok=True)
 
@@ -337,10 +360,10 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     validation = sorted((run_dir / "validation").glob("step_*.png"))
     meshes = _mesh_files(run_dir, summary)
 
-    title = summary.get("prompt") or run_dir.name
-    method = f"{summary.get('guidance', '?')} on the {summary.get('prior', '?')} prior"
+    title = summary_like.get("prompt") or run_dir.name
+    method = f"{summary_like.get('guidance', '?')} on the {summary_like.get('prior', '?')} prior"
     scores = summary.get("scores") or {}
-    headline = [_esc(method), f"{_esc(_fmt(summary.get('steps')))} steps"]
+    headline = [_esc(method), f"{_esc(_fmt(summary_like.get('steps')))} steps"]
     if isinstance(scores.get("mode_psnr"), (int, float)):
         headline.append(f"<b>mode PSNR {scores['mode_psnr']:.2f} dB</b>")
     if isinstance(scores.get("blend_psnr"), (int, float)):

@@ -108,7 +108,7 @@ def test_generate_writes_an_offline_report(run_dir):
     assert {"mesh.obj", "mesh.glb"} <= srcs
     # the summary table shows the run's real numbers
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["report"].endswith("report.html")
+    assert not report_module._report_is_stale(run_dir)  # a batch index will not write it again
     text = page.read_text()
     assert f"{summary['scores']['mode_psnr']:.4g}" in text and summary["scores"]["nearest_variant"] in text
 
@@ -192,3 +192,17 @@ def test_trained_turntable_is_framed_by_the_field(run_dir):
         rows, cols = opacity.any(1).nonzero(), opacity.any(0).nonzero()
         spans.append(max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) / opacity.shape[0])
     assert 0.6 <= max(spans) <= 0.95, spans
+
+
+def test_report_of_an_unfinished_run(run_dir, tmp_path):
+    """Interrupted before the finishing stage: metrics and validation only; the page says so."""
+    copy = tmp_path / "unfinished"
+    copy.mkdir()
+    shutil.copy(run_dir / "metrics.jsonl", copy)
+    shutil.copy(run_dir / "config.yaml", copy)
+    shutil.copytree(run_dir / "validation", copy / "validation")
+    parsed = check_offline_page(write_run_report(copy))
+    srcs = {url for _, url in parsed.urls}
+    assert "report/loss.png" in srcs and "validation/step_000002.png" in srcs
+    assert parsed.count("video") == 0 and "has not finished" in (copy / "report.html").read_text()
+    assert "<h1>a red mushroom</h1>" in (copy / "report.html").read_text()  # from config.yaml
