@@ -206,3 +206,26 @@ def test_report_of_an_unfinished_run(run_dir, tmp_path):
     assert "report/loss.png" in srcs and "validation/step_000002.png" in srcs
     assert parsed.count("video") == 0 and "has not finished" in (copy / "report.html").read_text()
     assert "<h1>a red mushroom</h1>" in (copy / "report.html").read_text()  # from config.yaml
+
+
+def test_msd3d_batch_writes_the_index(tmp_path):
+    """The batch command ends with index.html: a card per entry, each finished run's report linked."""
+    from msd3d.cli import app
+    from test_batch import write_batch
+
+    path = write_batch(
+        tmp_path,
+        """\
+defaults: {config: tiny.yaml, overrides: {train.steps: 2, export.video: true}}
+prompts:
+  - a red mushroom
+  - a flying teapot                   # not in the oracle's catalogue: fails
+""",
+    )
+    root = tmp_path / "out"
+    result = CliRunner().invoke(app, ["batch", str(path), "--out", str(root), "-q"])
+    assert result.exit_code == 1, result.output  # one entry failed
+    parsed = check_offline_page(root / "index.html")
+    assert parsed.count("div", "card") == 2
+    assert "a-red-mushroom-0/report.html" in {url for _, url in parsed.urls}
+    check_offline_page(root / "a-red-mushroom-0" / "report.html")
