@@ -433,7 +433,7 @@ def _page(title: str, body: str) -> str:
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<title>{_esc(title)}</title><style>{CSS}</style></head>"
-        f"<body><main>{body}<p class=sub>written by msd3d; regenerate with <code>msd3d report</code></p>"
+        f"<body><main>{body}<p class=sub style='margin-top:28px'>written by msd3d; regenerate with <code>msd3d report</code></p>"
         "</main></body></html>\n"
     )
 
