@@ -82,12 +82,23 @@ def batch(
             summary_lock.release()
         json_path, csv_path = write_batch_summary(result, root, stem, meta)
         _print_results(result, root)
+        _write_index(root)
         typer.echo(f"summary: {json_path} and {csv_path}")
         if result.interrupted:
             fail(f"batch interrupted; rerun the same command to resume (summary in {json_path})", 130)
         if result.failed:
             _log(f"{result.failed} of {len(result.entries)} entries failed; see the error column of {csv_path}")
             raise typer.Exit(1)
+
+
+def _write_index(root) -> None:
+    """The batch's index.html (and each run's report.html); a page never fails a finished batch."""
+    from msd3d.report import write_batch_index
+
+    try:
+        _log(f"report: {write_batch_index(root)}")
+    except Exception as exc:
+        _log(f"index.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {root}")
 
 
 def _log(message: str) -> None:

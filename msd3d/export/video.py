@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,10 @@ class VideoConfig:
     elevation: float = 15.0
     """Degrees above the horizon."""
     distance: float = 1.75
-    """Camera distance from the origin, world units."""
+    """Camera distance from the origin, world units (used when video.fill is 0)."""
+    fill: float = 0.85
+    """Frame the object: the camera circles the centre of the object's extent at the distance where
+    its widest view spans this fraction of the frame; 0 = circle the origin at video.distance."""
     fovy: float = 55.0
     """Vertical field of view, degrees."""
     start_azimuth: float = 0.0
@@ -97,6 +101,8 @@ class VideoConfig:
             raise ValueError("video.fps must be at least 1")
         if self.distance <= 0:
             raise ValueError("video.distance must be positive")
+        if not 0 <= self.fill < 1:
+            raise ValueError("video.fill must lie in [0, 1) (0 = fixed video.distance)")
         if not 0 < self.fovy < 180:
             raise ValueError("video.fovy must lie in (0, 180) degrees")
         if self.format not in VIDEO_FORMATS:
@@ -121,8 +127,8 @@ class VideoConfig:
             raise ValueError(f"video.depth_colormap {self.depth_colormap!r} is not a matplotlib colormap")
 
 
-def turntable_cameras_for(config: VideoConfig) -> Cameras:
-    """The ``config.frames`` cameras of the turntable (on the CPU)."""
+def turntable_cameras_for(config: VideoConfig, target: tuple[float, float, float] | None = None) -> Cameras:
+    """The ``config.frames`` cameras of the turntable (on the CPU), circling ``target`` (default the origin)."""
     return turntable_cameras(
         config.frames,
         config.size,
@@ -131,6 +137,7 @@ def turntable_cameras_for(config: VideoConfig) -> Cameras:
         distance=config.distance,
         fovy=config.fovy,
         start_azimuth=config.start_azimuth,
+        target=target,
     )
 
 
@@ -201,16 +208,21 @@ def render_turntable(
     config: VideoConfig | None = None,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
+    target: tuple[float, float, float] | None = None,
+    progress: Any | None = None,
 ) -> np.ndarray:
     """Render the turntable → frames (N, H, W * len(panels), 3) uint8, panels left to right.
 
     ``render_fn`` receives ``Cameras`` batches (at most ``config.batch_size`` views, on ``device``)
     and returns the images named in the module docstring; it runs under ``torch.no_grad``.
-    ``show_progress`` shows a transient rich progress bar.
+    The cameras circle ``target`` (default the origin) at ``config.distance``; framing from the
+    object's extent (``config.fill``) is the caller's job (``msd3d.assets.frame_turntable``).
+    ``show_progress`` shows a transient rich progress bar, or the frames go to ``progress`` (a
+    running ``msd3d.progress.make_progress`` display, e.g. the finishing stage's) when given.
     """
     config = config or VideoConfig()
     config.validate()
-    cameras = turntable_cameras_for(config)
+    cameras = turntable_cameras_for(config, target)
     n, size = config.frames, config.size
     frames = np.empty((n, size, size * len(config.panels), 3), np.uint8)
     depth_raw = np.empty((n, size, size), np.float32) if "depth" in config.panels else None
@@ -219,8 +231,10 @@ def render_turntable(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("turntable"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not show_progress) as bar:
-        task = bar.add_task("render", total=n)
+    own = Progress(*columns, transient=True, disable=not show_progress or progress is not None)
+    with own:
+        bar = progress if progress is not None else own
+        task = bar.add_task("turntable", total=n)
         for start in range(0, n, config.batch_size):
             stop = min(start + config.batch_size, n)
             outputs = render_fn(cameras[start:stop].to(device))

@@ -14,7 +14,7 @@ Two sampling paths feed the same field, shading and compositing (``nerfacc.rende
 
 Either way the grid is refreshed every ``grid_update_interval`` steps by
 :meth:`VolumeRenderer.update_occupancy` (the trainer calls it every step) and a fresh grid is filled
-once before its first use: an empty grid yields no samples and no gradient (DESIGN §6).
+once before its first use: an empty grid yields no samples and no gradient (docs/design.md §6).
 
 Conventions: rays come from :meth:`Cameras.rays` (unit directions), ``depth`` is the expected distance
 along the ray (not camera z) over the opacity, ``normals`` is the weight-summed unit sample normals
