@@ -54,7 +54,7 @@ def generate(
     with user_errors():
         from msd3d.config import load_config, resolve_recipe
         from msd3d.errors import Msd3dError
-        from msd3d.generate import default_run_dir, generate as run_generate
+        from msd3d.workflows.text_to_3d import default_run_dir, generate as run_generate
         from msd3d.run_dir import RunDir
 
         prompt, overrides = _split_prompt_and_overrides(prompt, overrides)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from msd3d.errors import CheckpointError
-from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text, json_safe
+from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text, json_safe
 
 
 @dataclass(frozen=True)

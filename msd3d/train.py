@@ -26,12 +26,12 @@ from torch import Tensor
 from msd3d.config import RunConfig, to_yaml
 from msd3d.device import resolve_device
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_write_text
+from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.guidance import Guidance, build_guidance
 from msd3d.guidance.base import interpolate, progress
 from msd3d.priors import build_prior
 from msd3d.priors.base import DiffusionPrior
-from msd3d.progress import make_progress
+from msd3d.progress_bar import make_progress
 from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
 from msd3d.render.regularisers import regulariser_losses
 from msd3d.render.shading import choose_shading, needs_light, sample_light_positions

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Text-to-3D benchmark on the offline oracle prior: MSD versus SDS (and SDI) on every catalogue family.
 
-Each (family, method) pair is one real run of :func:`msd3d.generate.generate` with the shipped recipe
+Each (family, method) pair is one real run of :func:`msd3d.workflows.text_to_3d.generate` with the shipped recipe
 ``configs/<method>-oracle.yaml`` on the CPU, prompt ``"a <family>"``. The oracle scores the finished
 NeRF on a turntable (``OraclePrior.evaluate``): **mode PSNR** is the PSNR to the nearest catalogue
 variant (what a mode-seeking method should reach), **blend PSNR** the PSNR to the variants' per-view
@@ -41,8 +41,8 @@ from rich.table import Table
 
 from msd3d.config import RunConfig, load_config, recipe_dir
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_write_text
-from msd3d.generate import generate
+from msd3d.atomic_io import atomic_write_text
+from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
 from msd3d.run_dir import RunDir, read_json, write_json
 

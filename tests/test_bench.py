@@ -15,7 +15,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from msd3d.bench import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
+from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 from msd3d.commands.bench import bench
 from msd3d.errors import ConfigError
 from msd3d.guidance.base import stat, to_device
@@ -215,7 +215,7 @@ def test_guidance_on_cuda_never_waits_for_the_gpu(method):
 @pytest.mark.cuda
 @cuda
 def test_bench_on_cuda_reports_peak_memory_and_counts():
-    from msd3d.bench import prepare_nerfacc
+    from msd3d.workflows.benchmark import prepare_nerfacc
     from msd3d.errors import Msd3dError
 
     try:

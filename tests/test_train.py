@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msd3d.config import load_config
-from msd3d.generate import generate
+from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.oracle import OraclePrior
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged, TrainingInterrupted

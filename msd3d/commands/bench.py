@@ -72,7 +72,7 @@ def bench(
     try:
         from rich.console import Console
 
-        from msd3d.bench import BenchConfig, parse_methods, print_report, run_bench
+        from msd3d.workflows.benchmark import BenchConfig, parse_methods, print_report, run_bench
 
         if random_weights is not None and random_weights not in ("tiny", "sd21"):
             raise Msd3dError(f"unknown --random-weights {random_weights!r}; choose tiny or sd21")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text
+from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text
 from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance

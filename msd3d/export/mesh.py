@@ -30,7 +30,7 @@ import torch
 import trimesh
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_paths
+from msd3d.atomic_io import atomic_path, atomic_paths
 from msd3d.scene.base import RadianceField
 
 __all__ = [

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path
+from msd3d.atomic_io import atomic_path
 from msd3d.render.cameras import Cameras, turntable_cameras
 
 __all__ = [

@@ -18,7 +18,7 @@ The prior is Stable Diffusion with random weights (``random_weights="tiny"`` for
 (``model``), or whatever the recipe names (e.g. the oracle, for CPU speed). It is built once and
 shared by every method; each method gets a fresh :class:`~msd3d.train.Trainer` (``prior=``).
 
-    from msd3d.bench import BenchConfig, run_bench
+    from msd3d.workflows.benchmark import BenchConfig, run_bench
     report = run_bench(BenchConfig(random_weights="tiny", steps=2, warmup=1, device="cpu"))
     print(report.rows[0].ms_step, report.rows[0].calls_per_step)
 """
@@ -38,7 +38,7 @@ import torch
 
 from msd3d.config import RunConfig, load_config, resolve_recipe
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_write_json
+from msd3d.atomic_io import atomic_write_json
 from msd3d.guidance import GUIDANCE_METHODS
 from msd3d.priors.base import DiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts

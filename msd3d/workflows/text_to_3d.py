@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from msd3d.assets import write_mesh, write_turntable
+from msd3d.workflows.assets import write_mesh, write_turntable
 from msd3d.config import RunConfig, slugify
 from msd3d.errors import Msd3dError
 from msd3d.priors.base import DiffusionPrior

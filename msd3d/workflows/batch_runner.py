@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from msd3d.config import RunConfig, load_config, resolve_recipe, slugify
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_write_text
+from msd3d.atomic_io import atomic_write_text
 
 __all__ = [
     "ENTRY_KEYS",
@@ -502,7 +502,7 @@ def run_batch(
     invocation resume it), the rest as "not run", and ``BatchResult.interrupted`` is set.
     ``on_result`` is called after each entry (e.g. to rewrite the summary files as it goes).
     """
-    from msd3d.generate import generate
+    from msd3d.workflows.text_to_3d import generate
     from msd3d.train import TrainingInterrupted
 
     results: list[EntryResult] = []
