@@ -44,9 +44,10 @@ from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_write_text
 from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
+from msd3d.registry import GUIDANCE
 from msd3d.run_dir import RunDir, read_json, write_json
 
-METHODS = ("msd", "sds", "sdi")
+METHODS = GUIDANCE.names()
 DEFAULT_OUT = Path("results") / "oracle_bench"
 
 
@@ -235,7 +236,7 @@ def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="all", help="comma-separated catalogue families (default: all)")
-    p.add_argument("--methods", default="msd,sds", help="comma-separated methods among msd,sds,sdi (default: msd,sds)")
+    p.add_argument("--methods", default="msd,sds", help=f"comma-separated methods among {','.join(METHODS)} (default: msd,sds)")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 from msd3d.commands.bench import bench
 from msd3d.errors import ConfigError
-from msd3d.guidance.base import stat, to_device
+from msd3d.guidance.base import stat
+from msd3d.rng import to_device
 from msd3d.priors.schedule import VPSchedule
 from msd3d.train import read_scalars
 
@@ -26,8 +27,8 @@ from msd3d.train import read_scalars
 TINY_SCENE = [
     "background.type=solid",
     "render.samples_per_ray=12",
-    "field.resolutions=[16,32]",
-    "field.hidden_dim=16",
+    "field.nerf.resolutions=[16,32]",
+    "field.nerf.hidden_dim=16",
 ]
 MSD_STEPS, SDI_STEPS = 3, 2
 SAMPLERS = [f"guidance.msd.sampler_steps={MSD_STEPS}", f"guidance.sdi.inversion_steps={SDI_STEPS}"]

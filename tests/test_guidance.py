@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig, interpolate
-from msd3d.guidance.base import progress
+from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig
+from msd3d.schedules import interpolate, run_fraction as progress
 from msd3d.guidance.msd import mean_shift_target
 from msd3d.guidance.sdi import ddim_invert
 from msd3d.priors.gmm import GaussianMixturePrior

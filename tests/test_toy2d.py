@@ -275,12 +275,3 @@ def test_cli_rejects_malformed_gmm_file(tmp_path, text, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
     assert not (tmp_path / "o" / "results.json").exists()
-
-
-def test_command_help_names_match_the_library():
-    from msd3d.commands.toy2d import DATASET_NAMES, KERNEL_NAMES
-    from msd3d.experiments.datasets2d import DATASETS
-    from msd3d.guidance.msd import KERNELS
-
-    assert tuple(DATASETS) == DATASET_NAMES
-    assert tuple(KERNELS) == KERNEL_NAMES

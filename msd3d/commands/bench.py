@@ -15,6 +15,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from msd3d.registry import GUIDANCE
 from msd3d.commands import fail
 
 
@@ -33,7 +34,7 @@ def bench(
         typer.Option(help="SD hub id or local diffusers folder, instead of --random-weights. "
                      "Neither: the recipe's prior (e.g. --config msd-oracle for the CPU oracle)."),
     ] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated guidance methods (sds, msd, sdi) or 'all'.")] = "sds,msd,sdi",
+    methods: Annotated[str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all'.")] = ",".join(GUIDANCE),
     steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
     resolution: Annotated[int, typer.Option(help="Training render size, H = W (render.resolution).")] = 64,

@@ -13,11 +13,12 @@ from typing import Annotated
 import typer
 
 from msd3d.commands import fail
+from msd3d.registry import DATASETS_2D, GUIDANCE, MSD_KERNELS
 
-# Names for the help texts, kept here so `msd3d --help` does not import torch; a test checks that
-# they equal msd3d.experiments.datasets2d.DATASETS and msd3d.guidance.msd.KERNELS.
-DATASET_NAMES = ("fractal", "spiral", "pinwheel")
-KERNEL_NAMES = ("exp", "diffused", "posterior")
+# Names for the help texts come from the registry, which imports nothing heavy (`msd3d --help` stays fast).
+DATASET_NAMES = DATASETS_2D.names()
+KERNEL_NAMES = MSD_KERNELS
+METHOD_NAMES = GUIDANCE.names()
 
 
 def toy2d(
@@ -28,9 +29,9 @@ def toy2d(
     ] = "fractal",
     methods: Annotated[
         str,
-        typer.Option(help="Comma-separated methods: sds, msd, sdi, or msd-exp / msd-diffused / msd-posterior "
-                     "(MSD with that kernel)."),
-    ] = "sds,msd,sdi",
+        typer.Option(help=f"Comma-separated methods: {', '.join(METHOD_NAMES)}, or "
+                     f"{' / '.join('msd-' + k for k in KERNEL_NAMES)} (MSD with that kernel)."),
+    ] = ",".join(METHOD_NAMES),
     steps: Annotated[int, typer.Option(help="Optimisation steps per method.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (noise, reference samples, efficiency points).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder for results.json, table.md and the PNG plots.")] = Path(
@@ -100,7 +101,7 @@ def toy2d(
         fail(f"--guidance-scale must be positive, got {guidance_scale}")
     method_list = tuple(m.strip().lower() for m in methods.split(",") if m.strip())
     if not method_list:
-        fail("--methods must name at least one method (sds, msd, sdi)")
+        fail(f"--methods must name at least one method ({', '.join(METHOD_NAMES)})")
     try:
         for m in method_list:
             parse_method(m)

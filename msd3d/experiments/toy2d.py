@@ -30,11 +30,12 @@ from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text
 from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
-from msd3d.guidance.base import SCHEDULE_KINDS, interpolate, progress
+from msd3d.schedules import SCHEDULE_KINDS, anneal
 from msd3d.guidance.msd import KERNELS
 from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.registry import GUIDANCE
 
-BASE_METHODS = ("sds", "msd", "sdi")
+BASE_METHODS = GUIDANCE.names()
 """Guidance methods; ``msd-<kernel>`` (e.g. ``msd-exp``) is MSD with that kernel."""
 
 
@@ -262,7 +263,7 @@ def optimise_particles(
     stats: dict[str, float] = {}
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = interpolate(lr, lr_end, progress(step, config.steps), config.optim.lr_schedule)
+            group["lr"] = anneal(lr, lr_end, step, config.steps, config.optim.lr_schedule)
         if step in record_at:
             curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
         out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)

@@ -31,10 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, randn_like, stat
+from msd3d.guidance.base import Guidance, GuidanceOutput, stat
+from msd3d.rng import randn_like
+from msd3d.registry import MSD_KERNELS
+from msd3d.schedules import SCHEDULE_KINDS, anneal
+from msd3d.validation import check_choice, check_range, join
 from msd3d.priors.base import Condition, DiffusionPrior
 
-KERNELS = ("exp", "diffused", "posterior")
+KERNELS = MSD_KERNELS
 
 
 @dataclass
@@ -68,23 +72,19 @@ class MSDConfig:
     weight: float = 1.0
     """Loss weight ``w`` of ``1/2 w ||x - target||^2``."""
 
-    def validate(self) -> None:
-        if self.sampler_steps < 1:
-            raise ValueError("msd.sampler_steps must be at least 1")
-        if self.samples < 1:
-            raise ValueError("msd.samples must be at least 1")
-        if self.lambda_start <= 0 or self.lambda_end <= 0:
-            raise ValueError("msd.lambda_start and msd.lambda_end must be positive")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"msd.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-        if not 0 < self.t_start <= 1:
-            raise ValueError("msd.t_start must be in (0, 1]")
-        if not 0 <= self.eta <= 1:
-            raise ValueError("msd.eta must be in [0, 1]")
-        if self.start_noise_scale < 0:
-            raise ValueError("msd.start_noise_scale must be non-negative")
+    def validate(self, path: str = "guidance.msd") -> None:
+        k = lambda name: join(path, name)  # noqa: E731 - the full dotted key of a setting
+        check_range(k("sampler_steps"), self.sampler_steps, 1)
+        check_range(k("samples"), self.samples, 1)
+        check_range(k("lambda_start"), self.lambda_start, 0, low_open=True)
+        check_range(k("lambda_end"), self.lambda_end, 0, low_open=True)
+        check_choice(k("lambda_schedule"), self.lambda_schedule, SCHEDULE_KINDS)
+        check_choice(k("kernel"), self.kernel, KERNELS)
+        check_range(k("t_start"), self.t_start, 0, 1, low_open=True)
+        check_range(k("eta"), self.eta, 0, 1)
+        check_range(k("start_noise_scale"), self.start_noise_scale, 0)
         if self.kernel_t_min > self.kernel_t_max:
-            raise ValueError("msd.kernel_t_min must not exceed msd.kernel_t_max")
+            raise ValueError(f"{k('kernel_t_min')} must not exceed {k('kernel_t_max')}")
 
 
 def kernel_factor(kernel: str, lam: float, sigma: Tensor, sigma_next: Tensor) -> Tensor:
@@ -147,7 +147,7 @@ class MSD(Guidance):
 
     def bandwidth(self, step: int, total_steps: int) -> float:
         c = self.config
-        return interpolate(c.lambda_start, c.lambda_end, progress(step, total_steps), c.lambda_schedule)
+        return anneal(c.lambda_start, c.lambda_end, step, total_steps, c.lambda_schedule)
 
     def __call__(
         self,

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, draw_device, randn_like, stat
+from msd3d.guidance.base import Guidance, GuidanceOutput, stat
 from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, sample_times, sds_weight
 from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.rng import draw_device, randn_like
+from msd3d.validation import check_choice, check_range, join
 
 
 @dataclass
@@ -39,14 +41,11 @@ class SDIConfig(TimestepConfig):
     weight: float = 1.0
     """Extra loss multiplier."""
 
-    def validate(self, name: str = "sdi") -> None:
-        super().validate(name)
-        if self.inversion_steps < 1:
-            raise ValueError(f"{name}.inversion_steps must be at least 1")
-        if not 0 <= self.inversion_eta <= 1:
-            raise ValueError(f"{name}.inversion_eta must be in [0, 1]")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"{name}.weighting must be one of {', '.join(WEIGHTINGS)}")
+    def validate(self, path: str = "guidance.sdi") -> None:
+        super().validate(path)
+        check_range(join(path, "inversion_steps"), self.inversion_steps, 1)
+        check_range(join(path, "inversion_eta"), self.inversion_eta, 0, 1)
+        check_choice(join(path, "weighting"), self.weighting, WEIGHTINGS)
 
 
 def ddim_invert(

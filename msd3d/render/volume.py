@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from msd3d.render.cameras import Cameras
 from msd3d.render.shading import ShadingConfig, default_light_positions, needs_light, needs_normals, shade
+from msd3d.rng import rand
 from msd3d.scene.background import Background
-from msd3d.scene.base import RadianceField
-from msd3d.scene.nerf import FieldSample
+from msd3d.scene.base import FieldSample, RadianceField
 
 GRID_MODES = ("auto", "true", "false")
 RAY_BOUNDS = ("aabb", "near_far")
@@ -187,11 +187,6 @@ def ray_aabb(rays_o: Tensor, rays_d: Tensor, bound: float) -> tuple[Tensor, Tens
     return t_enter, t_exit
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
 class VolumeRenderer(nn.Module):
     """Renders a radiance field and a background from a batch of cameras."""
 
@@ -223,6 +218,28 @@ class VolumeRenderer(nn.Module):
             )
         # whether the occupancy grid has been filled at least once (saved with checkpoints)
         self.register_buffer("grid_ready", torch.zeros((), dtype=torch.bool))
+
+    # ----------------------------------------------------------------------------------------------
+    # parameters
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by optimiser group, as the field and the background declare them.
+
+        A part without ``param_groups()`` puts all its parameters in "network".
+        """
+        groups: dict[str, list[nn.Parameter]] = {}
+        for part in (self.field, self.background):
+            declare = getattr(part, "param_groups", None)
+            if callable(declare):
+                part_groups = declare()
+            else:
+                part_groups = {"network": list(part.parameters())} if isinstance(part, nn.Module) else {}
+            for name, params in part_groups.items():
+                groups.setdefault(name, []).extend(params)
+        grouped = {id(p) for params in groups.values() for p in params}
+        missing = [name for name, p in self.named_parameters() if id(p) not in grouped]
+        if missing or len(grouped) != sum(len(v) for v in groups.values()):
+            raise ValueError(f"param_groups() must list every parameter exactly once; missing {missing}")
+        return groups
 
     # ----------------------------------------------------------------------------------------------
     # occupancy grid
@@ -259,13 +276,21 @@ class VolumeRenderer(nn.Module):
             return False
         assert self.estimator is not None
         step_size = self._grid_step_size(self.grid_ready.device)
-        self.estimator._update(
-            step=step,
-            occ_eval_fn=lambda x: self.field.density(x) * step_size,
-            occ_thre=self.config.occupancy_threshold,
-            ema_decay=self.config.grid_ema_decay,
-            warmup_steps=self.config.grid_warmup_steps,
-        )
+        # nerfacc's public update; whether it is due was decided above (n=1), and it only runs in
+        # training mode, so a grid filled for an eval render switches the estimator briefly
+        was_training = self.estimator.training
+        self.estimator.train(True)
+        try:
+            self.estimator.update_every_n_steps(
+                step=step,
+                occ_eval_fn=lambda x: self.field.density(x) * step_size,
+                occ_thre=self.config.occupancy_threshold,
+                ema_decay=self.config.grid_ema_decay,
+                warmup_steps=self.config.grid_warmup_steps,
+                n=1,
+            )
+        finally:
+            self.estimator.train(was_training)
         # nerfacc marks cells above min(mean occupancy, threshold) *strictly*, which leaves a field of
         # uniform density with no occupied cell at all: also keep every cell at or above the threshold
         occs = self.estimator.occs
@@ -468,7 +493,7 @@ class VolumeRenderer(nn.Module):
         t_near_h, length = t_near[hit, None], (t_far - t_near)[hit, None]
         t_starts = t_near_h + length * fractions[:-1]  # (n_hit, S)
         t_ends = t_near_h + length * fractions[1:]
-        u = _uniform((n_hit, s), generator, device) if stratified else torch.full((n_hit, s), 0.5, device=device)
+        u = rand((n_hit, s), generator, device) if stratified else torch.full((n_hit, s), 0.5, device=device)
         t_points = t_starts + u * (t_ends - t_starts)
         positions = (o[:, None, :] + t_points[..., None] * d[:, None, :]).reshape(-1, 3)  # (n_hit * S, 3)
         lights = None if ray_lights is None else ray_lights[hit].repeat_interleave(s, dim=0)
@@ -536,7 +561,7 @@ class VolumeRenderer(nn.Module):
         c = self.config
         t_min = None
         if stratified:  # nerfacc's per-ray jitter of the first sample, drawn from our generator
-            t_min = c.near + _uniform((n_rays,), generator, device) * self.render_step_size
+            t_min = c.near + rand((n_rays,), generator, device) * self.render_step_size
         ray_indices, t_starts, t_ends = self.estimator.sampling(
             rays_o.contiguous(),
             rays_d.contiguous(),

@@ -86,12 +86,10 @@ class DenseGridEncoding(nn.Module):
 
 
 def build_encoding(kind: str, resolutions: tuple[int, ...], features: int, init_std: float = 0.1) -> nn.Module:
-    """``"triplane"`` or ``"dense"`` encoding with the given per-level resolutions and feature count."""
-    if kind == "triplane":
-        return TriplaneEncoding(resolutions, features, init_std)
-    if kind == "dense":
-        return DenseGridEncoding(resolutions, features, init_std)
-    raise ValueError(f"unknown encoding {kind!r}; choose 'triplane' or 'dense'")
+    """The encoding registered as ``kind`` (msd3d.registry.ENCODINGS) with these per-level resolutions."""
+    from msd3d.registry import ENCODINGS
+
+    return ENCODINGS.factory(kind)(resolutions, features, init_std)
 
 
 @functools.lru_cache(maxsize=None)
