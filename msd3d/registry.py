@@ -109,7 +109,10 @@ GUIDANCE = Registry(
 PRIORS = Registry(
     "prior",
     {
-        "sd": ("msd3d.priors.stable_diffusion:StableDiffusionConfig", "msd3d.priors.stable_diffusion:StableDiffusionPrior"),
+        "sd": (
+            "msd3d.priors.stable_diffusion:StableDiffusionConfig",
+            "msd3d.priors.stable_diffusion:StableDiffusionPrior",
+        ),
         "oracle": ("msd3d.priors.oracle:OracleConfig", "msd3d.priors.oracle:OraclePrior"),
     },
 )

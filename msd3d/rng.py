@@ -27,7 +27,9 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     return t.to(device)
 
 
-def rand(shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu") -> Tensor:
+def rand(
+    shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Uniform numbers in [0, 1) of ``shape``, drawn on the generator's device, returned on ``device``."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if generator is None:
@@ -35,7 +37,9 @@ def rand(shape: int | tuple[int, ...], generator: torch.Generator | None, device
     return to_device(torch.rand(shape, generator=generator, device=generator.device), device)
 
 
-def randn(shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu") -> Tensor:
+def randn(
+    shape: int | tuple[int, ...], generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> Tensor:
     """Standard normal numbers of ``shape``, drawn on the generator's device, returned on ``device``."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if generator is None:

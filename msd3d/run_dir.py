@@ -1,16 +1,5 @@
-"""The layout of a run directory, and reading/writing what lives in it.
-
-```
-outputs/<prompt-slug>-<seed>/
-  config.yaml          the resolved configuration (what --resume, export and render read)
-  metrics.jsonl        one JSON object per logged step
-  summary.json         final numbers: steps, wall time, it/s, skipped steps, scores, output paths
-  checkpoints/last.pt  field + background + optimiser + RNG state (written atomically)
-  validation/          step_000500.png ... validation renders
-  mesh.obj (+ .mtl)    the exported mesh
-  turntable.mp4        the turntable video
-```
-"""
+"""The layout of a run directory (:data:`RUN_LAYOUT`, also shown in README.md), and reading/writing
+what lives in it."""
 
 from __future__ import annotations
 
@@ -23,6 +12,19 @@ import torch
 
 from msd3d.errors import CheckpointError
 from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text, json_safe
+
+
+#: The one description of a run directory; README.md's "Output layout" shows it verbatim (tests/test_docs.py).
+RUN_LAYOUT = """\
+outputs/<prompt-slug>-<seed>/
+  config.yaml          the fully resolved configuration (read by --resume, export, render)
+  metrics.jsonl        one JSON line per logged step: loss terms, lambda / t, it/s, denoiser calls
+  summary.json         steps, wall time, it/s, skipped steps, scores (oracle), mesh and video paths
+  checkpoints/last.pt  field + background + optimiser + guidance + RNG state (written atomically)
+  validation/          step_000500.png ... albedo (top) and normals (bottom) turntable views
+  mesh.glb, mesh.obj   the exported mesh (formats from mesh.formats)
+  turntable.mp4        the turntable video
+"""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 @dataclass
 class _FieldChoice:
     name: str = "nerf"
-    """The scene representation that is optimised: a name registered in msd3d/registry.py FIELDS (its settings are the section of that name)."""
+    """The scene representation that is optimised: a name in msd3d/registry.py FIELDS; its settings are the
+    section of that name ("nerf": grid-encoded NeRF)."""
 
     def validate(self, path: str = "field") -> None:
         check_choice(join(path, "name"), self.name, FIELDS.names())

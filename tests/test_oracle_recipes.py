@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from msd3d.registry import GUIDANCE
 from msd3d.config import load_config, recipe_dir, resolve_recipe
-from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
+from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import turntable_cameras
 from msd3d.render.shading import choose_shading
+from msd3d.workflows.text_to_3d import generate
 
 METHODS = GUIDANCE.names()
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "oracle_bench.py"

@@ -15,8 +15,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from msd3d.registry import GUIDANCE
 from msd3d.commands import fail
+from msd3d.registry import GUIDANCE
 
 
 def bench(

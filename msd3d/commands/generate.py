@@ -23,7 +23,7 @@ def generate(
     prompt: Optional[str] = typer.Argument(None, help='What to make, e.g. "a hamburger". Not needed with --resume.'),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides as key=value, e.g. train.steps=2000."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe YAML path or shipped name (msd-sd, msd-oracle, ...)."),
-    prior: Optional[str] = typer.Option(None, help=f"The prior: {PRIORS.help()} (sd: Stable Diffusion, oracle: offline catalogue)."),
+    prior: Optional[str] = typer.Option(None, help=f"The prior: {PRIORS.help()} (prior.name)."),
     guidance: Optional[str] = typer.Option(None, help=f"The guidance method: {GUIDANCE.help()}."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (train.steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
@@ -37,8 +37,9 @@ def generate(
     with user_errors():
         from msd3d.config import load_config, resolve_recipe
         from msd3d.errors import Msd3dError
-        from msd3d.workflows.text_to_3d import default_run_dir, generate as run_generate
         from msd3d.run_dir import RunDir
+        from msd3d.workflows.text_to_3d import default_run_dir
+        from msd3d.workflows.text_to_3d import generate as run_generate
 
         prompt, overrides = _split_prompt_and_overrides(prompt, overrides)
         values = {

@@ -25,15 +25,15 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text
+from msd3d.errors import Msd3dError
 from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
-from msd3d.schedules import SCHEDULE_KINDS, anneal
 from msd3d.guidance.msd import KERNELS
 from msd3d.priors.gmm import GaussianMixturePrior
 from msd3d.registry import GUIDANCE
+from msd3d.schedules import SCHEDULE_KINDS, anneal
 
 BASE_METHODS = GUIDANCE.names()
 """Guidance methods; ``msd-<kernel>`` (e.g. ``msd-exp``) is MSD with that kernel."""
@@ -283,8 +283,7 @@ def torch_threads(n: int | None):
     """Temporarily run torch with ``n`` intra-op threads (None: leave as is).
 
     The toy's tensors are tiny (hundreds of particles times hundreds of components), so threading
-    costs more than it saves: on a busy 2-core machine one GMM denoiser call took 31 ms with one
-    thread and 390 ms with two.
+    costs more than it saves (on a busy CPU, by an order of magnitude).
     """
     if n is None:
         yield

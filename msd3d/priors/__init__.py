@@ -23,7 +23,8 @@ from msd3d.validation import check_choice, join
 @dataclass
 class _PriorChoice:
     name: str = "sd"
-    """The prior a run distils from: a name registered in msd3d/registry.py PRIORS ("sd": Stable Diffusion, "oracle": offline shape catalogue)."""
+    """The prior a run distils from: a name in msd3d/registry.py PRIORS ("sd": Stable Diffusion, "oracle":
+    offline shape catalogue); its settings are the section of that name."""
 
     def validate(self, path: str = "prior") -> None:
         check_choice(join(path, "name"), self.name, PRIORS.names())

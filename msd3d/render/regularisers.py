@@ -20,7 +20,6 @@ from torch import Tensor
 from msd3d.render.volume import RenderOutput
 from msd3d.schedules import Schedule
 
-
 #: A regulariser weight over the run (the shared schedule type).
 WeightSchedule = Schedule
 

@@ -6,8 +6,8 @@ Two sampling paths feed the same field, shading and compositing (``nerfacc.rende
   ``samples_per_ray`` equal intervals between its entry and exit (clipped to ``[near, far]``); the field
   is queried at one point per interval, jittered inside it when training with ``stratified``. nerfacc's
   batched ``rendering()`` is pure PyTorch, so this runs anywhere. With the occupancy grid on, samples
-  in empty cells are not queried (density 0): on 2 CPU cores this cuts the field work about 3x for
-  the initial density blob.
+  in empty cells are not queried (density 0), which saves most of the field work around the
+  initial density blob.
 * **Packed (CUDA with the grid on)**: ``nerfacc.OccGridEstimator`` marches rays with a fixed
   ``render_step_size`` and skips cells its occupancy grid marks empty; samples are packed with
   ``ray_indices``. nerfacc's CUDA kernels (compiled on first use) are needed.

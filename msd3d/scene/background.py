@@ -18,6 +18,7 @@ from msd3d.rng import draw_device, rand
 from msd3d.scene.components import mlp
 from msd3d.validation import check_choice, join
 
+
 @dataclass
 class BackgroundConfig:
     type: str = "mlp"

@@ -11,9 +11,8 @@ see :mod:`msd3d.scene.encodings` for why):
 * an albedo MLP with a sigmoid gives the base colour in ``[0, 1]``;
 * points outside the bound get zero density;
 * normals are ``-grad(density) / |grad(density)|`` (outward for a solid), by autograd ("analytic",
-  the default: grid_sample is twice differentiable in current PyTorch, and on 2 CPU cores a lit
-  64x64 render trains about 1.4x faster than with forward differences, which query the density at
-  4x the points) or by finite differences of the raw density. Both are differentiable with respect
+  the default: grid_sample is twice differentiable in current PyTorch, and it avoids forward
+  differences' density queries at 4x the points) or by finite differences of the raw density. Both are differentiable with respect
   to the field's parameters, so lit shading and the orientation loss shape the geometry.
 """
 
@@ -64,9 +63,9 @@ class NeRFConfig:
     blob_radius: float = 0.5
     """Radius (world units) of the initial density blob."""
     normals: str = "analytic"
-    """"analytic" (autograd through the encoding; about 1.4x cheaper than forward differences on CPU
-    when trained through) or "finite_difference". Analytic falls back to finite differences, with a
-    warning, where PyTorch cannot differentiate grid_sample twice."""
+    """"analytic" (autograd through the encoding; fewer density queries than finite differences) or
+    "finite_difference". Analytic falls back to finite differences, with a warning, where PyTorch
+    cannot differentiate grid_sample twice."""
     finite_difference: str = "forward"
     """"forward" (3 extra density queries per point) or "central" (6, more accurate)."""
     normal_eps: float = 0.01
@@ -108,7 +107,8 @@ class NeRFField(nn.Module):
         self._warned_fallback = False
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by optimiser group: "encoding" (the grids, ``train.lr``), "network" (the MLPs, ``train.lr_network``)."""
+        """Parameters by optimiser group: "encoding" (the grids, ``train.lr``) and "network" (the MLPs,
+        ``train.lr_network``)."""
         encoding = list(self.encoding.parameters())
         return {"encoding": encoding, "network": [*self.density_mlp.parameters(), *self.albedo_mlp.parameters()]}
 
