@@ -182,6 +182,8 @@ class Trainer:
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}
+        if guided.aux_loss is not None:  # a method training its own parameters (Guidance.parameters())
+            losses["guidance_aux"] = guided.aux_loss
         losses.update(regulariser_losses(out, cfg.regularisers, step, total))
         loss = sum(losses.values())
 

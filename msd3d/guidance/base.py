@@ -29,6 +29,8 @@ class GuidanceOutput:
     target: Tensor
     weight: Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    aux_loss: Tensor | None = None
+    """A scalar loss on the method's own parameters (e.g. a LoRA); the trainer adds it as "guidance_aux"."""
 
     def loss(self, x: Tensor) -> Tensor:
         """``1/2 * sum_b w_b ||x_b - target_b||^2 / B``: a scalar whose gradient is ``w (x - target) / B``."""
@@ -56,6 +58,10 @@ class Guidance(abc.ABC):
         self.prior = prior
         self.config = config if config is not None else self.config_class()
         self.config.validate()
+
+    @abc.abstractmethod
+    def denoiser_calls(self) -> int:
+        """Batched denoiser calls one ``__call__`` makes (classifier-free guidance runs inside each)."""
 
     # -- trainable state (none by default): a method with learned parts (a LoRA, an EMA) overrides these;
     # the trainer optimises ``parameters()`` in the "guidance" group (``train.lr_network``) and keeps

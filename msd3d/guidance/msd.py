@@ -149,6 +149,9 @@ class MSD(Guidance):
     config: MSDConfig
 
 
+    def denoiser_calls(self) -> int:
+        return self.config.sampler_steps  # all samples run in one batch
+
     def bandwidth(self, step: int, total_steps: int) -> float:
         c = self.config
         return anneal(c.lambda_start, c.lambda_end, step, total_steps, c.lambda_schedule)

@@ -82,6 +82,9 @@ class SDI(Guidance):
     config: SDIConfig
 
 
+    def denoiser_calls(self) -> int:
+        return self.config.inversion_steps + 1
+
     def __call__(
         self,
         x: Tensor,

@@ -83,6 +83,9 @@ class SDS(Guidance):
     config: SDSConfig
 
 
+    def denoiser_calls(self) -> int:
+        return 1
+
     def __call__(
         self,
         x: Tensor,
