@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from functools import lru_cache
 from dataclasses import dataclass, fields, is_dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -30,6 +30,8 @@ from msd3d.render.shading import ShadingConfig
 from msd3d.render.volume import RenderConfig
 from msd3d.scene.background import BackgroundConfig
 from msd3d.scene_builder import FieldConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -234,6 +236,22 @@ def load_config(
         raise ConfigError(_one_line(exc)) from None
     validate(run)
     return run
+
+
+def apply_overrides(settings: T, overrides: Sequence[str]) -> T:
+    """A copy of the dataclass ``settings`` with ``key=value`` overrides applied and validated
+    (``msd3d toy2d guidance.msd.kernel=exp``); errors are one-line :class:`ConfigError` naming the key."""
+    if not overrides:
+        return settings
+    node = _merge(OmegaConf.structured(settings), parse_overrides(overrides), "key=value overrides")
+    try:
+        updated: T = OmegaConf.to_object(node)  # type: ignore[assignment]
+        updated.validate()  # type: ignore[attr-defined]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return updated
 
 
 def _format_value(value: Any) -> str:

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig
-from msd3d.schedules import interpolate, run_fraction as progress
-from msd3d.guidance.msd import mean_shift_target
-from msd3d.guidance.sdi import ddim_invert
-from msd3d.priors.gmm import GaussianMixturePrior
-
 from conftest import GMM_COVS as COVS
 from conftest import GMM_MEANS as MEANS
 from conftest import GMM_WEIGHTS as WEIGHTS
+
+from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig
+from msd3d.guidance.msd import mean_shift_target
+from msd3d.guidance.sdi import ddim_invert
+from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.schedules import interpolate
+from msd3d.schedules import run_fraction as progress
 
 
 @pytest.fixture

@@ -275,3 +275,25 @@ def test_cli_rejects_malformed_gmm_file(tmp_path, text, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_toy2d_takes_key_value_overrides_into_its_dataclass(tmp_path):
+    """Settings without a flag are reachable as key=value, checked by the dataclass (the error names the key)."""
+    from typer.testing import CliRunner
+
+    from msd3d.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["toy2d", "guidance.msd.kernel=gauss", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "guidance.msd.kernel must be one of exp, diffused, posterior" in bad.output
+    unknown = runner.invoke(app, ["toy2d", "optim.nope=1", "--out", str(tmp_path / "bad")])
+    assert unknown.exit_code == 2 and "unknown config key 'optim.nope'" in unknown.output
+    ok = runner.invoke(
+        app,
+        ["toy2d", "--dataset", "spiral", "--steps", "2", "--grid", "2", "--methods", "msd", "--no-efficiency",
+         "--no-progress", "--out", str(tmp_path / "ok"),
+         "guidance.msd.eta=0.5", "metrics.knn_k=2"],
+    )
+    assert ok.exit_code == 0, ok.output
+    config = json.loads((tmp_path / "ok" / "results.json").read_text())["config"]
+    assert config["guidance"]["msd"]["eta"] == 0.5 and config["metrics"]["knn_k"] == 2

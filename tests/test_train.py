@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from msd3d.config import load_config
-from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.oracle import OraclePrior
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged, TrainingInterrupted
+from msd3d.workflows.text_to_3d import generate
 
 
 def _config(overrides, steps=6, guidance="msd", **extra):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -22,6 +22,11 @@ METHOD_NAMES = GUIDANCE.names()
 
 
 def toy2d(
+    overrides: Annotated[
+        Optional[List[str]],
+        typer.Argument(help="Settings as key=value, applied after the options: any key of Toy2DConfig, e.g. "
+                       "guidance.msd.eta=0.5 optim.lr_schedule=cosine metrics.knn_k=5."),
+    ] = None,
     dataset: Annotated[
         str,
         typer.Option(help=f"Built-in dataset(s), comma-separated: {', '.join(DATASET_NAMES)}, or 'all'. "
@@ -142,6 +147,9 @@ def toy2d(
         sdi=replace(g.sdi, guidance_scale=guidance_scale),
     )
     try:
+        from msd3d.config import apply_overrides
+
+        base = apply_overrides(base, overrides or [])
         if len(names) == 1:
             results = {names[0]: run_toy2d(base, out, show_progress=progress)}
         else:

@@ -190,9 +190,8 @@ class Toy2DConfig:
         self.optim.validate()
         self.metrics.validate()
         self.efficiency.validate()
-        self.guidance.sds.validate()
-        self.guidance.msd.validate()
-        self.guidance.sdi.validate()
+        for name in GUIDANCE.names():
+            getattr(self.guidance, name).validate(f"guidance.{name}")
 
 
 def auto_lambdas(prior: GaussianMixturePrior, prompt: str = "") -> tuple[float, float]:
