@@ -238,14 +238,18 @@ def load_config(
     return run
 
 
-def apply_overrides(settings: T, overrides: Sequence[str]) -> T:
+def apply_overrides(settings: T, overrides: Sequence[str], section: str = "") -> T:
     """A copy of the dataclass ``settings`` with ``key=value`` overrides applied and validated
-    (``msd3d toy2d guidance.msd.kernel=exp``); errors are one-line :class:`ConfigError` naming the key."""
+    (``msd3d toy2d guidance.msd.kernel=exp``); errors are one-line :class:`ConfigError` naming the key.
+    With ``section`` the keys carry that prefix (``bench.steps=5`` for ``section="bench"``)."""
     if not overrides:
         return settings
-    node = _merge(OmegaConf.structured(settings), parse_overrides(overrides), "key=value overrides")
+    node: DictConfig = OmegaConf.structured(settings)
+    if section:
+        node = OmegaConf.create({section: node})
+    node = _merge(node, parse_overrides(overrides), "key=value overrides")
     try:
-        updated: T = OmegaConf.to_object(node)  # type: ignore[assignment]
+        updated: T = OmegaConf.to_object(node[section] if section else node)  # type: ignore[assignment]
         updated.validate()  # type: ignore[attr-defined]
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None

@@ -113,6 +113,14 @@ def test_bench_options_are_checked_before_any_work():
         parse_methods("sds,foo")
     result = CliRunner().invoke(_app(), ["bench", "--random-weights", "huge", "--device", "cpu"])
     assert result.exit_code == 2 and "error: unknown --random-weights" in result.output
+    # options and bench.* key=value settings are checked once, by BenchConfig, naming the key
+    for args, message in (
+        (["--steps", "0"], "error: bench.steps must be at least 1"),
+        (["bench.start_step=-1"], "error: bench.start_step must be non-negative"),
+        (["bench.stepz=3"], "error: unknown config key 'bench.stepz'"),
+    ):
+        result = CliRunner().invoke(_app(), ["bench", "--device", "cpu", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_bench_flags_reach_the_run_config_and_overrides_win():

@@ -22,7 +22,8 @@ from msd3d.registry import GUIDANCE
 def bench(
     overrides: Annotated[
         Optional[List[str]],
-        typer.Argument(help="Config overrides as key=value (e.g. guidance.msd.sampler_steps=8); they win over options."),
+        typer.Argument(help="Overrides as key=value: run-config keys (guidance.msd.sampler_steps=8) or bench.* "
+                       "settings (bench.start_step=500); they win over options."),
     ] = None,
     random_weights: Annotated[
         Optional[str],
@@ -77,18 +78,15 @@ def bench(
 
         if random_weights is not None and random_weights not in ("tiny", "sd21"):
             raise Msd3dError(f"unknown --random-weights {random_weights!r}; choose tiny or sd21")
-        if random_weights is not None and model is not None:
-            raise Msd3dError("--random-weights and --model are alternatives; pass one of them")
         if threads < 0:
             raise Msd3dError(f"--threads must be 0 (default) or positive, got {threads}")
-        for flag, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0), ("--resolution", resolution, 8),
-                                 ("--batch", batch, 1), ("--start-step", start_step, 0)):
-            if value < low:
-                raise Msd3dError(f"{flag} must be at least {low}, got {value}")
         overrides = list(overrides or [])
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise Msd3dError(f"override {item!r} is not key=value (e.g. guidance.msd.sampler_steps=8)")
+        # bench.* keys set BenchConfig fields; the rest are the benchmarked run's config
+        bench_overrides = [item for item in overrides if item.startswith("bench.")]
+        overrides = [item for item in overrides if not item.startswith("bench.")]
         settings = BenchConfig(
             methods=parse_methods(methods),
             random_weights=random_weights,
@@ -109,6 +107,15 @@ def bench(
             seed=seed,
             start_step=start_step,
         )
+        # BenchConfig checks every setting once (options and bench.* overrides alike)
+        from msd3d.config import apply_overrides
+        from msd3d.errors import ConfigError
+
+        settings = apply_overrides(settings, bench_overrides, section="bench")
+        try:
+            settings.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if threads:
             import torch
 

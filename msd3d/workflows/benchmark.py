@@ -106,6 +106,8 @@ class BenchConfig:
             raise ValueError("bench.warmup must be at least 1 with compilation (the first steps compile)")
         if self.resolution < 8 or self.batch < 1:
             raise ValueError("bench.resolution must be at least 8 and bench.batch at least 1")
+        if self.start_step < 0:
+            raise ValueError("bench.start_step must be non-negative")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"bench.dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.start_step < 0:
