@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from msd3d.commands import fail
+from msd3d.commands import user_errors
 from msd3d.registry import GUIDANCE
 
 
@@ -35,7 +35,9 @@ def bench(
         typer.Option(help="SD hub id or local diffusers folder, instead of --random-weights. "
                      "Neither: the recipe's prior (e.g. --config msd-oracle for the CPU oracle)."),
     ] = None,
-    methods: Annotated[str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all'.")] = ",".join(GUIDANCE),
+    methods: Annotated[
+        str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all'.")
+    ] = ",".join(GUIDANCE),
     steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
     resolution: Annotated[int, typer.Option(help="Training render size, H = W (render.resolution).")] = 64,
@@ -71,7 +73,7 @@ def bench(
     alone for SDS, MSD and SDI; print ms/step, it/s, denoiser calls/step and peak GPU memory."""
     from msd3d.errors import Msd3dError
 
-    try:
+    with user_errors():
         from rich.console import Console
 
         from msd3d.workflows.benchmark import BenchConfig, parse_methods, print_report, run_bench
@@ -122,11 +124,6 @@ def bench(
             torch.set_num_threads(threads)
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         report = run_bench(settings, log=log)
-    except Msd3dError as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130) from None
 
     console = Console(width=max(132, Console().width))
     print_report(report, console)

@@ -12,7 +12,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from msd3d.commands import fail
+from msd3d.commands import fail, user_errors
 from msd3d.registry import DATASETS_2D, GUIDANCE, MSD_KERNELS
 
 # Names for the help texts come from the registry, which imports nothing heavy (`msd3d --help` stays fast).
@@ -78,7 +78,6 @@ def toy2d(
 ) -> None:
     """Distil particles from an exact 2-D Gaussian mixture with SDS, MSD and SDI and score them
     (NLL, precision/recall, MMD, on-mode fraction), plus each estimator's error per denoiser call."""
-    from msd3d.errors import Msd3dError
     from msd3d.experiments.datasets2d import DATASETS
     from msd3d.experiments.toy2d import (
         EfficiencyConfig,
@@ -146,7 +145,7 @@ def toy2d(
         msd=replace(g.msd, kernel=kernel, sampler_steps=sampler_steps, samples=samples, guidance_scale=guidance_scale),
         sdi=replace(g.sdi, guidance_scale=guidance_scale),
     )
-    try:
+    with user_errors():
         from msd3d.config import apply_overrides
 
         base = apply_overrides(base, overrides or [])
@@ -154,7 +153,5 @@ def toy2d(
             results = {names[0]: run_toy2d(base, out, show_progress=progress)}
         else:
             results = run_toy2d_suite(base, names, out, show_progress=progress)
-    except Msd3dError as err:
-        fail(str(err))
     typer.echo(summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")
