@@ -189,6 +189,17 @@ def load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return _upgrade(data)
+
+
+def _upgrade(data: DictConfig) -> DictConfig:
+    """Read configs written before field types existed: their NeRF settings sit directly under
+    ``field:`` (``field.encoding``); they now live in ``field.nerf``."""
+    from msd3d.registry import FIELDS
+
+    field = data.get("field")
+    if isinstance(field, DictConfig) and "name" not in field and not any(key in FIELDS for key in field):
+        data["field"] = {"nerf": field}
     return data
 
 

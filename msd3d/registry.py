@@ -52,6 +52,12 @@ class Registry(Mapping[str, Entry]):
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)}")
         return self._entries[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        return self._entries.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

@@ -149,3 +149,13 @@ def test_help_is_fast_and_does_not_import_diffusers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("False")
+
+
+def test_run_configs_from_before_field_types_still_load(tmp_path):
+    """A config.yaml written before issue 14 (NeRF keys directly under field:) resumes/exports as before."""
+    old = tmp_path / "config.yaml"
+    old.write_text("prompt: a donut\nfield:\n  encoding: dense\n  resolutions: [8, 16]\n  hidden_dim: 16\n")
+    config = load_config(old)
+    assert config.field.name == "nerf"
+    assert config.field.nerf.encoding == "dense" and list(config.field.nerf.resolutions) == [8, 16]
+    assert config.field.nerf.hidden_dim == 16
