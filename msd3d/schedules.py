@@ -1,9 +1,10 @@
 """Schedules over a run: one interpolation for every value that changes with the step.
 
 The MSD bandwidth lambda, the annealed diffusion time t of SDS/SDI, the learning-rate decay and the
-regulariser weights all move from a start value to an end value along one of :data:`SCHEDULE_KINDS`;
-:func:`anneal` runs over the whole run (step 0 -> last step), :class:`Schedule` over a chosen span of
-steps (or fractions of the run). Nothing here knows about guidance or rendering.
+regulariser weights are all a :class:`Schedule`: a value moving from a start to an end along one of
+:data:`SCHEDULE_KINDS` over a span of steps (``unit="steps"``), of the total step count
+(``"fraction"``) or of the run done (``"run"``); :func:`anneal` is the schedule over the whole run.
+Nothing here knows about guidance or rendering.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 SCHEDULE_KINDS = ("constant", "linear", "log_linear", "cosine")
-SCHEDULE_UNITS = ("steps", "fraction")
+SCHEDULE_UNITS = ("steps", "fraction", "run")
 
 
 def interpolate(start: float, end: float, frac: float, kind: str = "linear") -> float:
@@ -37,8 +38,9 @@ def run_fraction(step: int, total_steps: int) -> float:
 
 
 def anneal(start: float, end: float, step: int, total_steps: int, kind: str = "linear") -> float:
-    """``start`` at step 0 moving to ``end`` at the last step of a ``total_steps`` run."""
-    return interpolate(start, end, run_fraction(step, total_steps), kind)
+    """``start`` at step 0 moving to ``end`` at the last step of a ``total_steps`` run: the
+    :class:`Schedule` over the whole run (the MSD bandwidth, SDS/SDI's annealed t, the lr decay)."""
+    return Schedule(start=start, end=end, start_step=0.0, end_step=1.0, kind=kind, unit="run").value(step, total_steps)
 
 
 @dataclass
@@ -61,7 +63,8 @@ class Schedule:
     kind: str = "linear"
     """"constant", "linear", "log_linear" or "cosine" (msd3d.schedules.interpolate)."""
     unit: str = "steps"
-    """"steps" (start_step/end_step are step numbers) or "fraction" (of the total steps)."""
+    """"steps" (start_step/end_step are step numbers), "fraction" (of the total steps) or "run" (of the run done:
+    0 at the first step, 1 at the last)."""
 
     def validate(self, name: str = "weight") -> None:
         from msd3d.validation import check_choice
@@ -78,6 +81,13 @@ class Schedule:
         if self.end is None:
             return float(self.start)
         start_step, end_step = float(self.start_step), float(self.end_step)
+        if self.unit == "run":
+            if total_steps is None:
+                raise ValueError("a schedule over the run needs total_steps")
+            if end_step <= start_step:
+                return float(self.end if run_fraction(step, total_steps) >= end_step else self.start)
+            frac = (run_fraction(step, total_steps) - start_step) / (end_step - start_step)
+            return interpolate(float(self.start), float(self.end), frac, self.kind)
         if self.unit == "fraction":
             if total_steps is None:
                 raise ValueError("a schedule in fractions of the run needs total_steps")
