@@ -41,9 +41,9 @@ class TrainConfig:
     steps: int = 10000
     """Optimisation steps; schedules (lambda, t, regularisers) run over this many steps."""
     lr: float = 0.01
-    """Adam learning rate of the field's grid encoding and the background."""
+    """Adam learning rate of the "encoding" parameter group (the field's feature grids)."""
     lr_network: float = 0.001
-    """Adam learning rate of the field's MLPs."""
+    """Adam learning rate of every other group: the field's MLPs, an MLP background, guidance parameters."""
     lr_decay: float = 1.0
     """Learning-rate multiplier reached at the last step (log-linear from 1; 1 = constant)."""
     betas: tuple[float, float] = (0.9, 0.99)
