@@ -11,15 +11,16 @@ environment value can leak into ``config.yaml``).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import re
 import unicodedata
-from functools import lru_cache
-import dataclasses
 from dataclasses import dataclass, fields, is_dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -27,14 +28,16 @@ from omegaconf.errors import OmegaConfBaseException
 from msd3d.errors import ConfigError
 from msd3d.export.mesh import MeshExportConfig
 from msd3d.export.video import VideoConfig
-from msd3d.guidance import GUIDANCE_METHODS, GuidanceConfig
+from msd3d.guidance import GuidanceConfig
 from msd3d.priors import PriorConfig
 from msd3d.render.cameras import CameraConfig
 from msd3d.render.regularisers import RegulariserConfig
 from msd3d.render.shading import ShadingConfig
 from msd3d.render.volume import RenderConfig
 from msd3d.scene.background import BackgroundConfig
-from msd3d.scene.nerf import FieldConfig
+from msd3d.scene_builder import FieldConfig
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,9 +47,9 @@ class TrainConfig:
     steps: int = 10000
     """Optimisation steps; schedules (lambda, t, regularisers) run over this many steps."""
     lr: float = 0.01
-    """Adam learning rate of the field's grid encoding and the background."""
+    """Adam learning rate of the "encoding" parameter group (the field's feature grids)."""
     lr_network: float = 0.001
-    """Adam learning rate of the field's MLPs."""
+    """Adam learning rate of every other group: the field's MLPs, an MLP background, guidance parameters."""
     lr_decay: float = 1.0
     """Learning-rate multiplier reached at the last step (log-linear from 1; 1 = constant)."""
     betas: tuple[float, float] = (0.9, 0.99)
@@ -253,7 +256,18 @@ def load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return _as_literals(data)
+    return _upgrade(_as_literals(data))
+
+
+def _upgrade(data: DictConfig) -> DictConfig:
+    """Read configs written before field types existed: their NeRF settings sit directly under
+    ``field:`` (``field.encoding``); they now live in ``field.nerf``."""
+    from msd3d.registry import FIELDS
+
+    field = data.get("field")
+    if isinstance(field, DictConfig) and "name" not in field and not any(key in FIELDS for key in field):
+        data["field"] = {"nerf": field}
+    return data
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -311,19 +325,36 @@ def load_config(
     return run
 
 
+def apply_overrides(settings: T, overrides: Sequence[str], section: str = "") -> T:
+    """A copy of the dataclass ``settings`` with ``key=value`` overrides applied and validated
+    (``msd3d toy2d guidance.msd.kernel=exp``); errors are one-line :class:`ConfigError` naming the key.
+    With ``section`` the keys carry that prefix (``bench.steps=5`` for ``section="bench"``)."""
+    if not overrides:
+        return settings
+    node: DictConfig = OmegaConf.structured(settings)
+    if section:
+        node = OmegaConf.create({section: node})
+    node = _merge(node, parse_overrides(overrides), "key=value overrides")
+    try:
+        updated: T = OmegaConf.to_object(node[section] if section else node)  # type: ignore[assignment]
+        updated.validate()  # type: ignore[attr-defined]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return updated
+
+
 def validate(run: RunConfig) -> None:
-    """Run every section's ``validate()``; a failure becomes a one-line :class:`ConfigError`."""
-    if run.guidance.name not in GUIDANCE_METHODS:
-        raise ConfigError(
-            f"unknown guidance {run.guidance.name!r} (guidance.name); choose one of {', '.join(GUIDANCE_METHODS)}"
-        )
+    """Run every section's ``validate(path)``; a failure becomes a one-line :class:`ConfigError`
+    naming the full dotted key (``guidance.msd.kernel``)."""
     try:
         check_text(run.prompt, "prompt")
         check_text(run.negative_prompt, "negative_prompt")
         if not 0 <= run.seed <= MAX_SEED:
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {run.seed}")
         _check_finite(run, "")
-        _validate_tree(run)
+        _validate_tree(run, "")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -341,23 +372,22 @@ def _check_finite(obj: Any, prefix: str) -> None:
                 raise ValueError(f"{key} must be a finite number, got {value!r}")
 
 
-def _validate_tree(obj: Any) -> None:
+def _validate_tree(obj: Any, path: str) -> None:
     if not is_dataclass(obj):
         return
     check = getattr(obj, "validate", None)
     if callable(check):
-        check()
+        # sections take their dotted path; the few whose keys never move (train, render, ...) take none
+        if inspect.signature(check).parameters:
+            check(path)
+        else:
+            check()
     for f in fields(obj):
-        _validate_tree(getattr(obj, f.name))
+        _validate_tree(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
 
 
 def to_yaml(run: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(run))
-
-
-def from_yaml_file(path: Path) -> RunConfig:
-    """A resolved ``config.yaml`` written by a run (used by ``--resume``, ``export``, ``render``)."""
-    return load_config(path)
 
 
 def slugify(text: str, max_len: int = 48) -> str:

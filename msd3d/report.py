@@ -24,14 +24,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_write_bytes, atomic_write_text
+from msd3d.atomic_io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["REPORT_NAME", "INDEX_NAME", "ASSET_DIR", "write_run_report", "write_batch_index", "write_report"]
 
 REPORT_NAME = "report.html"
 INDEX_NAME = "index.html"
 SCORES_NAME = "scores.jsonl"
-"""Scores logged during training (``msd3d.generate.ScoreLogger``), one line per validation step."""
+"""Scores logged during training (``msd3d.workflows.text_to_3d.ScoreLogger``), one line per validation step."""
 ASSET_DIR = "report"
 """Folder next to the page for its plots and still frames."""
 

@@ -1,16 +1,5 @@
-"""The layout of a run directory, and reading/writing what lives in it.
-
-```
-outputs/<prompt-slug>-<seed>/
-  config.yaml          the resolved configuration (what --resume, export and render read)
-  metrics.jsonl        one JSON object per logged step
-  summary.json         final numbers: steps, wall time, it/s, skipped steps, scores, output paths
-  checkpoints/last.pt  field + background + optimiser + RNG state (written atomically)
-  validation/          step_000500.png ... validation renders
-  mesh.obj (+ .mtl)    the exported mesh
-  turntable.mp4        the turntable video
-  .msd3d.lock          held (flock) by the process working in the folder; pid, host, start time
-```
+"""The layout of a run directory (:data:`RUN_LAYOUT`, also shown in README.md), and reading/writing
+what lives in it.
 
 Checkpoints are data, never code: they are loaded with ``torch.load(weights_only=True)``, which
 only rebuilds tensors and plain Python values, so a crafted ``last.pt`` cannot run anything.
@@ -28,7 +17,7 @@ from typing import Any
 import torch
 
 from msd3d.errors import CheckpointError, DiskFullError, Msd3dError
-from msd3d.export.atomic import (
+from msd3d.atomic_io import (
     DISK_FULL_ERRNOS,
     atomic_path,
     atomic_write_json,
@@ -37,6 +26,22 @@ from msd3d.export.atomic import (
     remove_orphaned_temp_files,
 )
 from msd3d.run_lock import LOCK_NAME, RunLock
+
+
+#: The one description of a run directory; README.md's "Output layout" shows it verbatim (tests/test_docs.py).
+RUN_LAYOUT = """\
+outputs/<prompt-slug>-<seed>/
+  config.yaml          the fully resolved configuration (read by --resume, export, render)
+  metrics.jsonl        one JSON line per logged step: loss terms, lambda / t, it/s, denoiser calls
+  summary.json         steps, wall time, it/s, skipped steps, scores (oracle), mesh and video paths
+  checkpoints/last.pt  field + background + optimiser + guidance + RNG state (written atomically)
+  validation/          step_000500.png ... albedo (top) and normals (bottom) turntable views
+  mesh.glb, mesh.obj   the exported mesh (formats from mesh.formats)
+  turntable.mp4        the turntable video (camera framed from the object's extent: video.fill)
+  scores.jsonl         oracle scores at each validation step (oracle runs)
+  report.html, report/ the run's page (below) and its plots and still frames
+  .msd3d.lock          held (flock) by the process working in the folder: pid, host, start time
+"""
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,17 @@ from torch import Tensor
 
 from msd3d.config import RunConfig, check_text, to_yaml
 from msd3d.device import resolve_device
+from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_write_text
 from msd3d.guidance import Guidance, build_guidance
-from msd3d.guidance.base import interpolate, progress
 from msd3d.priors import build_prior
 from msd3d.priors.base import DiffusionPrior
-from msd3d.progress import make_progress
+from msd3d.progress_bar import make_progress
 from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
 from msd3d.render.regularisers import regulariser_losses
 from msd3d.render.shading import choose_shading, needs_light, sample_light_positions
 from msd3d.render.volume import VolumeRenderer
+from msd3d.schedules import anneal
 from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint
 from msd3d.scene_builder import build_renderer
 
@@ -123,11 +123,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.renderer: VolumeRenderer = build_renderer(config).to(self.device)
-        self.optimizer = self._build_optimizer()
         self.prior = prior if prior is not None else build_prior(config.prior, self.device)
         self.prior.validate_prompt(config.prompt)
         self.guidance: Guidance = build_guidance(config.guidance.name, self.prior, config.guidance)
         self.guidance.defer_stats = True  # train_step reads every statistic in one host transfer
+        self.optimizer = self._build_optimizer()
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
@@ -140,14 +140,18 @@ class Trainer:
 
     # -- setup -----------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the groups the scene and the guidance declare: "encoding" at ``train.lr``, every other
+        group ("network", "guidance", ...) at ``train.lr_network``."""
         t = self.config.train
-        grid, network = [], []
-        for name, p in self.renderer.named_parameters():
-            (grid if ".encoding." in f".{name}" else network).append(p)
-        groups = [
-            {"params": grid, "lr": t.lr, "base_lr": t.lr, "name": "encoding"},
-            {"params": network, "lr": t.lr_network, "base_lr": t.lr_network, "name": "network"},
-        ]
+        declared = dict(self.renderer.param_groups())
+        guidance_params = self.guidance.parameters()
+        if guidance_params:
+            declared["guidance"] = list(guidance_params)
+        groups = []
+        for name, params in declared.items():
+            lr = t.lr if name == "encoding" else t.lr_network
+            groups.append({"params": params, "lr": lr, "base_lr": lr, "name": name})
+        self.params = [p for g in groups for p in g["params"]]
         return torch.optim.Adam([g for g in groups if g["params"]], betas=tuple(t.betas), eps=t.adam_eps)
 
     # -- state -----------------------------------------------------------------------------------
@@ -163,6 +167,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "denoiser_calls": self.denoiser_calls,
             "guidance": self.config.guidance.name,
+            "guidance_state": self.guidance.state_dict(),
         }
 
     @property
@@ -173,6 +178,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.renderer.load_state_dict(state["field"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.guidance.load_state_dict(state.get("guidance_state", {}))
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -255,12 +261,14 @@ class Trainer:
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}
+        if guided.aux_loss is not None:  # a method training its own parameters (Guidance.parameters())
+            losses["guidance_aux"] = guided.aux_loss
         losses.update(regulariser_losses(out, cfg.regularisers, step, total))
         loss = sum(losses.values())
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # also when the loss is non-finite: the step is then dropped below, as before
-        grads = [p.grad for p in self.renderer.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.params if p.grad is not None]
         finite_flag = torch.stack([torch.isfinite(loss.detach()).all(), *(torch.isfinite(g).all() for g in grads)]).all()
         # the guard's decision, the loss terms and the guidance statistics: one host transfer (one
         # device sync) per step instead of one per gradient and per logged number
@@ -268,11 +276,11 @@ class Trainer:
         host = read_scalars([finite_flag, loss, *losses.values(), *(guided.stats[k] for k in stat_names)])
         finite, loss_value = bool(host[0]), host[1]
         if finite:
-            scale = interpolate(1.0, cfg.train.lr_decay, progress(step, total), "log_linear")
+            scale = anneal(1.0, cfg.train.lr_decay, step, total, "log_linear")
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * scale
             if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), cfg.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.train.grad_clip)
             snapshot = self._optimizer_snapshot()
             self.optimizer.step()
             # finite gradients can still give non-finite parameters (a huge step): undo such a step

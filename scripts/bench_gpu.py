@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
 
-    from msd3d.bench import BenchConfig, build_components, parse_methods, prepare_nerfacc, print_report, run_bench
+    from msd3d.workflows.benchmark import BenchConfig, build_components, parse_methods, prepare_nerfacc, print_report, run_bench
     from msd3d.errors import Msd3dError
     from rich.console import Console
 

@@ -33,8 +33,9 @@ import torch
 from msd3d.guidance import GuidanceConfig, build_guidance
 from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.registry import GUIDANCE
 
-METHODS = ("sds", "msd", "sdi")
+METHODS = GUIDANCE.names()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Text-to-3D benchmark on the offline oracle prior: MSD versus SDS (and SDI) on every catalogue family.
 
-Each (family, method) pair is one real run of :func:`msd3d.generate.generate` with the shipped recipe
+Each (family, method) pair is one real run of :func:`msd3d.workflows.text_to_3d.generate` with the shipped recipe
 ``configs/<method>-oracle.yaml`` on the CPU, prompt ``"a <family>"``. The oracle scores the finished
 NeRF on a turntable (``OraclePrior.evaluate``): **mode PSNR** is the PSNR to the nearest catalogue
 variant (what a mode-seeking method should reach), **blend PSNR** the PSNR to the variants' per-view
@@ -41,12 +41,13 @@ from rich.table import Table
 
 from msd3d.config import RunConfig, load_config, recipe_dir
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_write_text
-from msd3d.generate import generate
+from msd3d.atomic_io import atomic_write_text
+from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
+from msd3d.registry import GUIDANCE
 from msd3d.run_dir import RunDir, read_json, write_json
 
-METHODS = ("msd", "sds", "sdi")
+METHODS = GUIDANCE.names()
 DEFAULT_OUT = Path("results") / "oracle_bench"
 
 
@@ -235,7 +236,7 @@ def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="all", help="comma-separated catalogue families (default: all)")
-    p.add_argument("--methods", default="msd,sds", help="comma-separated methods among msd,sds,sdi (default: msd,sds)")
+    p.add_argument("--methods", default="msd,sds", help=f"comma-separated methods among {','.join(METHODS)} (default: msd,sds)")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from msd3d.batch import load_batch_file, parse_shard, plan_batch
+from msd3d.workflows.batch_runner import load_batch_file, parse_shard, plan_batch
 from msd3d.commands.batch import batch
 from msd3d.errors import Msd3dError
 from msd3d.train import Trainer
@@ -21,7 +21,7 @@ from msd3d.train import Trainer
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
-field: {resolutions: [16, 32], hidden_dim: 16}
+field: {nerf: {resolutions: [16, 32], hidden_dim: 16}}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
 guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
 train: {steps: 4, val_every: 0, checkpoint_every: 1, eval_views: 2, val_views: 1, log_every: 1}

@@ -15,10 +15,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from msd3d.bench import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
+from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 from msd3d.commands.bench import bench
 from msd3d.errors import ConfigError
-from msd3d.guidance.base import stat, to_device
+from msd3d.guidance.base import stat
+from msd3d.rng import to_device
 from msd3d.priors.schedule import VPSchedule
 from msd3d.train import read_scalars
 
@@ -26,8 +27,8 @@ from msd3d.train import read_scalars
 TINY_SCENE = [
     "background.type=solid",
     "render.samples_per_ray=12",
-    "field.resolutions=[16,32]",
-    "field.hidden_dim=16",
+    "field.nerf.resolutions=[16,32]",
+    "field.nerf.hidden_dim=16",
 ]
 MSD_STEPS, SDI_STEPS = 3, 2
 SAMPLERS = [f"guidance.msd.sampler_steps={MSD_STEPS}", f"guidance.sdi.inversion_steps={SDI_STEPS}"]
@@ -112,6 +113,14 @@ def test_bench_options_are_checked_before_any_work():
         parse_methods("sds,foo")
     result = CliRunner().invoke(_app(), ["bench", "--random-weights", "huge", "--device", "cpu"])
     assert result.exit_code == 2 and "error: unknown --random-weights" in result.output
+    # options and bench.* key=value settings are checked once, by BenchConfig, naming the key
+    for args, message in (
+        (["--steps", "0"], "error: bench.steps must be at least 1"),
+        (["bench.start_step=-1"], "error: bench.start_step must be non-negative"),
+        (["bench.stepz=3"], "error: unknown config key 'bench.stepz'"),
+    ):
+        result = CliRunner().invoke(_app(), ["bench", "--device", "cpu", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_bench_flags_reach_the_run_config_and_overrides_win():
@@ -215,7 +224,7 @@ def test_guidance_on_cuda_never_waits_for_the_gpu(method):
 @pytest.mark.cuda
 @cuda
 def test_bench_on_cuda_reports_peak_memory_and_counts():
-    from msd3d.bench import prepare_nerfacc
+    from msd3d.workflows.benchmark import prepare_nerfacc
     from msd3d.errors import Msd3dError
 
     try:

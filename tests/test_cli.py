@@ -89,9 +89,17 @@ def test_generate_oracle_and_resume(tmp_path, tiny_run_overrides):
         (["generate", "a donut", "train.stpes=3"], "unknown config key 'train.stpes'"),
         (["generate", "a donut", "train.steps=many"], "bad value for config key 'train.steps'"),
         (["generate", "a donut", "--steps", "0"], "train.steps must be at least 1"),
-        (["generate", "a donut", "--guidance", "vsd"], "unknown guidance 'vsd'"),
+        (["generate", "a donut", "--guidance", "vsd"], "guidance.name must be one of sds, msd, sdi, got 'vsd'"),
         (["generate", "a donut", "--prior", "dalle"], "prior.name must be one of sd, oracle"),
-        (["generate", "a donut", "guidance.msd.lambda_end=-1"], "msd.lambda_start and msd.lambda_end must be positive"),
+        (["generate", "a donut", "guidance.msd.lambda_end=-1"], "guidance.msd.lambda_end must be greater than 0"),
+            # messages name the full dotted key of the setting (issue 14)
+            (["generate", "a donut", "guidance.msd.kernel=gauss"], "guidance.msd.kernel must be one of exp, diffused, posterior"),
+            (["generate", "a donut", "guidance.sds.weighting=x"], "guidance.sds.weighting must be one of"),
+            (["generate", "a donut", "guidance.sdi.inversion_steps=0"], "guidance.sdi.inversion_steps must be at least 1"),
+            (["generate", "a donut", "prior.oracle.supersample=0"], "prior.oracle.supersample must be at least 1"),
+            (["generate", "a donut", "prior.sd.dtype=fp8"], "prior.sd.dtype must be one of"),
+            (["generate", "a donut", "field.nerf.features=0"], "field.nerf.features must be at least 1"),
+            (["generate", "a donut", "field.name=voxels"], "field.name must be one of nerf"),
         (["generate", "a donut", "notakeyvalue"], "is not key=value"),
         (["generate", "a donut", "--config", "nope"], "unknown recipe 'nope'"),
         (["generate", "a donut", "--config", "missing.yaml"], "does not exist"),
@@ -141,3 +149,13 @@ def test_help_is_fast_and_does_not_import_diffusers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("False")
+
+
+def test_run_configs_from_before_field_types_still_load(tmp_path):
+    """A config.yaml written before issue 14 (NeRF keys directly under field:) resumes/exports as before."""
+    old = tmp_path / "config.yaml"
+    old.write_text("prompt: a donut\nfield:\n  encoding: dense\n  resolutions: [8, 16]\n  hidden_dim: 16\n")
+    config = load_config(old)
+    assert config.field.name == "nerf"
+    assert config.field.nerf.encoding == "dense" and list(config.field.nerf.resolutions) == [8, 16]
+    assert config.field.nerf.hidden_dim == 16

@@ -22,18 +22,18 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from msd3d.assets import load_trained_renderer
+from msd3d.workflows.assets import load_trained_renderer
 from msd3d.commands.export import export
 from msd3d.commands.render import render
 from msd3d.config import load_config
 from msd3d.export.mesh import Y_UP_FROM_Z_UP, srgb_to_linear_u8, vertex_albedo
 from msd3d.export.video import read_video_frames
-from msd3d.generate import generate
+from msd3d.workflows.text_to_3d import generate
 
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
-field: {resolutions: [16, 32], hidden_dim: 16}
+field: {nerf: {resolutions: [16, 32], hidden_dim: 16}}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
 guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
 train: {steps: 8, val_every: 0, checkpoint_every: 4, eval_views: 2, val_views: 1}

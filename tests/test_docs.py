@@ -35,3 +35,9 @@ def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q tests" in README.read_text().splitlines()
     assert ci.rstrip().splitlines()[-1] == "python -m pytest -q tests"
+
+
+def test_readme_shows_the_run_directory_layout_of_run_dir():
+    from msd3d.run_dir import RUN_LAYOUT
+
+    assert RUN_LAYOUT in README.read_text(), "copy msd3d.run_dir.RUN_LAYOUT into README's Output layout block"

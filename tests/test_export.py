@@ -19,7 +19,7 @@ import trimesh
 from omegaconf import OmegaConf
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_paths, atomic_write_files, atomic_write_text
+from msd3d.atomic_io import atomic_path, atomic_paths, atomic_write_files, atomic_write_text
 from msd3d.export.mesh import (
     AUTO_THRESHOLD_LAYERS,
     MeshExportConfig,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from msd3d.assets import frame_turntable, occupied_points
+from msd3d.workflows.assets import frame_turntable, occupied_points
 from msd3d.export.video import VideoConfig, turntable_cameras_for
 from msd3d.render.cameras import Cameras, frame_points
 from test_export import EllipsoidField

@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig, interpolate
-from msd3d.guidance.base import progress
-from msd3d.guidance.msd import mean_shift_target
-from msd3d.guidance.sdi import ddim_invert
-from msd3d.priors.gmm import GaussianMixturePrior
-
 from conftest import GMM_COVS as COVS
 from conftest import GMM_MEANS as MEANS
 from conftest import GMM_WEIGHTS as WEIGHTS
+
+from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig
+from msd3d.guidance.msd import mean_shift_target
+from msd3d.guidance.sdi import ddim_invert
+from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.schedules import interpolate
+from msd3d.schedules import run_fraction as progress
 
 
 @pytest.fixture
@@ -217,3 +217,17 @@ def test_interpolate_schedules():
     with pytest.raises(ValueError, match="positive"):
         interpolate(0.0, 0.1, 0.5, "log_linear")
     assert progress(0, 10) == 0.0 and progress(9, 10) == 1.0 and progress(0, 1) == 0.0
+
+
+def test_one_schedule_type_over_the_run():
+    """anneal() (lambda, t, lr decay) is the Schedule over the whole run: 0 at step 0, 1 at the last step."""
+    from msd3d.schedules import Schedule, anneal
+
+    for total in (1, 2, 10):
+        for step in range(total + 1):
+            for kind in ("constant", "linear", "log_linear", "cosine"):
+                assert anneal(2.0, 0.5, step, total, kind) == interpolate(2.0, 0.5, progress(step, total), kind)
+    assert anneal(2.0, 0.5, 9, 10) == 0.5 and anneal(2.0, 0.5, 0, 1) == 2.0
+    second_half = Schedule(start=0.0, end=1.0, start_step=0.5, end_step=1.0, unit="run")
+    assert [second_half.value(s, 11) for s in (0, 5, 10)] == [0.0, 0.0, 1.0]
+    assert second_half.value(8, 11) == pytest.approx(0.6)

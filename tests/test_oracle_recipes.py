@@ -19,12 +19,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from msd3d.config import load_config, recipe_dir, resolve_recipe
-from msd3d.generate import generate
 from msd3d.priors.catalogue import CATALOGUE
+from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import turntable_cameras
 from msd3d.render.shading import choose_shading
+from msd3d.workflows.text_to_3d import generate
 
-METHODS = ("msd", "sds", "sdi")
+METHODS = GUIDANCE.names()
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "oracle_bench.py"
 
 #: Shrinks only what happens after training (scoring, validation, mesh, video): the training

@@ -20,7 +20,7 @@ from msd3d.render.regularisers import (
 from msd3d.render.shading import ShadingConfig, choose_shading, sample_light_positions, shade
 from msd3d.render.volume import RenderConfig, VolumeRenderer, ray_aabb
 from msd3d.scene.background import Background, BackgroundConfig
-from msd3d.scene.nerf import FieldConfig, NeRFField
+from msd3d.scene.nerf import NeRFConfig, NeRFField
 
 ALBEDO = (0.9, 0.3, 0.1)
 BG = (0.2, 0.4, 0.6)
@@ -174,7 +174,7 @@ def test_rendered_normals_of_a_sphere_point_outward():
 # --------------------------------------------------------------------------------------------------
 # the NeRF through the renderer
 def small_field(**kwargs) -> NeRFField:
-    return NeRFField(FieldConfig(resolutions=(8, 16), features=4, hidden_dim=16, **kwargs))
+    return NeRFField(NeRFConfig(resolutions=(8, 16), features=4, hidden_dim=16, **kwargs))
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from msd3d import report as report_module
-from msd3d.assets import frame_turntable, load_trained_renderer
-from msd3d.batch import EntryResult, write_batch_summary
+from msd3d.workflows.assets import frame_turntable, load_trained_renderer
+from msd3d.workflows.batch_runner import EntryResult, write_batch_summary
 from msd3d.config import load_config, resolve_recipe
 from msd3d.export.video import turntable_cameras_for
-from msd3d.generate import generate
+from msd3d.workflows.text_to_3d import generate
 from msd3d.report import write_batch_index, write_run_report
 
 STEPS = 4

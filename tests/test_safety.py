@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from msd3d.cli import app
 from msd3d.config import load_config, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.generate import generate
+from msd3d.workflows.text_to_3d import generate
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged
 
@@ -123,7 +123,7 @@ prompts:
 
 @pytest.mark.parametrize("out", ["../escaped", "/tmp/msd3d-escaped", "~/msd3d-escaped", "a/../../b"])
 def test_batch_out_must_stay_inside_the_root(tmp_path, recipe, out):
-    from msd3d.batch import load_batch_file, plan_batch
+    from msd3d.workflows.batch_runner import load_batch_file, plan_batch
 
     shutil.copy(recipe, tmp_path / "tiny.yaml")
     (tmp_path / "b.yaml").write_text(BATCH.format(out=json.dumps(out)))
@@ -135,7 +135,7 @@ def test_batch_out_must_stay_inside_the_root(tmp_path, recipe, out):
 
 
 def test_batch_never_writes_into_a_foreign_folder(tmp_path, recipe):
-    from msd3d.batch import load_batch_file, plan_batch
+    from msd3d.workflows.batch_runner import load_batch_file, plan_batch
 
     shutil.copy(recipe, tmp_path / "tiny.yaml")
     (tmp_path / "b.yaml").write_text(BATCH.format(out="mine"))
@@ -464,7 +464,7 @@ class _Unhandled(Exception):
 
 
 def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkeypatch):
-    import msd3d.generate
+    import msd3d.workflows.text_to_3d
 
     def slow_mesh(*args, **kwargs):  # a real SIGTERM to this process in the middle of meshing
         os.kill(os.getpid(), signal.SIGTERM)
@@ -474,7 +474,7 @@ def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkey
     def unhandled(signum, frame):  # instead of dying with 143 (what happened before), fail the test
         raise _Unhandled("SIGTERM reached the default handler")
 
-    monkeypatch.setattr(msd3d.generate, "write_mesh", slow_mesh)
+    monkeypatch.setattr(msd3d.workflows.text_to_3d, "write_mesh", slow_mesh)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         out = tmp_path / "run"
@@ -493,7 +493,7 @@ def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkey
 
 @pytest.mark.parametrize("command", ["export", "render"])
 def test_sigterm_during_export_and_render_exits_130(trained, tmp_path, monkeypatch, command):
-    import msd3d.assets
+    import msd3d.workflows.assets
     import msd3d.export.mesh
 
     def slow(*args, **kwargs):
@@ -504,7 +504,7 @@ def test_sigterm_during_export_and_render_exits_130(trained, tmp_path, monkeypat
     def unhandled(signum, frame):
         raise _Unhandled("SIGTERM reached the default handler")
 
-    monkeypatch.setattr(msd3d.assets, "write_turntable", slow)
+    monkeypatch.setattr(msd3d.workflows.assets, "write_turntable", slow)
     monkeypatch.setattr(msd3d.export.mesh, "export_mesh_files", slow)
     args = {
         "export": ["export", trained, "--out", tmp_path / "mesh", "--device", "cpu"],

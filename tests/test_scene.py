@@ -10,10 +10,11 @@ import torch
 from msd3d.scene.background import Background, BackgroundConfig
 from msd3d.scene.base import RadianceField
 from msd3d.scene.encodings import DenseGridEncoding, TriplaneEncoding, grid_sample_is_twice_differentiable
-from msd3d.scene.nerf import FieldConfig, NeRFField, trunc_exp
+from msd3d.scene.components import trunc_exp
+from msd3d.scene.nerf import NeRFConfig, NeRFField
 
 
-def _blob_only(config: FieldConfig) -> NeRFField:
+def _blob_only(config: NeRFConfig) -> NeRFField:
     """A field whose density is the blob alone (density MLP output zero)."""
     field = NeRFField(config)
     last = field.density_mlp[-1]
@@ -23,7 +24,7 @@ def _blob_only(config: FieldConfig) -> NeRFField:
 
 
 def test_field_implements_the_radiance_field_protocol_with_shapes():
-    field = NeRFField(FieldConfig(resolutions=(8, 16), features=4, hidden_dim=16))
+    field = NeRFField(NeRFConfig(resolutions=(8, 16), features=4, hidden_dim=16))
     assert isinstance(field, RadianceField)
     pts = torch.rand(2, 5, 3) * 1.6 - 0.8
     density, albedo = field(pts)
@@ -35,7 +36,7 @@ def test_field_implements_the_radiance_field_protocol_with_shapes():
 
 
 def test_density_is_zero_outside_the_bound():
-    field = NeRFField(FieldConfig(bound=0.5, resolutions=(8,), features=4, blob_density=0.0))
+    field = NeRFField(NeRFConfig(bound=0.5, resolutions=(8,), features=4, blob_density=0.0))
     inside = torch.tensor([[0.0, 0.0, 0.0], [0.49, -0.49, 0.2]])
     outside = torch.tensor([[0.51, 0.0, 0.0], [0.0, 0.0, -0.7], [2.0, 2.0, 2.0]])
     assert torch.all(field.density(inside) > 0)  # softplus of anything is positive
@@ -44,7 +45,7 @@ def test_density_is_zero_outside_the_bound():
 
 @pytest.mark.parametrize("shape", ["linear", "gaussian"])
 def test_density_blob_matches_its_formula(shape):
-    config = FieldConfig(resolutions=(8,), features=4, blob_shape=shape, blob_density=5.0, blob_radius=0.5)
+    config = NeRFConfig(resolutions=(8,), features=4, blob_shape=shape, blob_density=5.0, blob_radius=0.5)
     field = _blob_only(config)
     r = torch.tensor([0.0, 0.25, 0.5, 0.75])
     pts = torch.stack([r, torch.zeros(4), torch.zeros(4)], dim=-1)
@@ -58,7 +59,7 @@ def test_density_blob_matches_its_formula(shape):
 @pytest.mark.parametrize("activation", ["softplus", "exp", "trunc_exp"])
 def test_density_activations(activation):
     field = _blob_only(
-        FieldConfig(resolutions=(8,), features=4, density_activation=activation, blob_density=2.0, blob_radius=1.0)
+        NeRFConfig(resolutions=(8,), features=4, density_activation=activation, blob_density=2.0, blob_radius=1.0)
     )
     raw = torch.tensor(2.0)  # at the origin the raw density is the blob strength
     expected = torch.nn.functional.softplus(raw) if activation == "softplus" else torch.exp(raw)
@@ -74,7 +75,7 @@ def test_trunc_exp_clamps_its_gradient():
 @pytest.mark.parametrize("method", ["finite_difference", "analytic"])
 @pytest.mark.parametrize("scheme", ["forward", "central"])
 def test_blob_normals_point_outward(method, scheme):
-    field = _blob_only(FieldConfig(resolutions=(16,), features=4, normals=method, finite_difference=scheme))
+    field = _blob_only(NeRFConfig(resolutions=(16,), features=4, normals=method, finite_difference=scheme))
     g = torch.Generator().manual_seed(0)
     pts = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1) * (
         0.2 + 0.6 * torch.rand(64, 1, generator=g)
@@ -90,7 +91,7 @@ def test_normals_are_differentiable_in_the_field_parameters():
     for method in ("finite_difference", "analytic"):
         if method == "analytic" and not grid_sample_is_twice_differentiable("cpu"):
             continue
-        field = NeRFField(FieldConfig(resolutions=(8, 16), features=4, hidden_dim=16, normals=method))
+        field = NeRFField(NeRFConfig(resolutions=(8, 16), features=4, hidden_dim=16, normals=method))
         pts = torch.rand(32, 3) - 0.5
         sample = field.query(pts, with_normals=True)
         sample.normals[:, 0].sum().backward()
@@ -102,7 +103,7 @@ def test_normals_are_differentiable_in_the_field_parameters():
 
 
 def test_query_matches_separate_calls():
-    field = NeRFField(FieldConfig(resolutions=(8, 16), features=4, hidden_dim=16))
+    field = NeRFField(NeRFConfig(resolutions=(8, 16), features=4, hidden_dim=16))
     pts = torch.rand(50, 3) * 2 - 1
     sample = field.query(pts, with_normals=True)
     assert torch.allclose(sample.density, field.density(pts), atol=1e-6)
@@ -137,7 +138,7 @@ def test_dense_encoding_interpolates_trilinearly():
 
 
 def test_dense_field_renders_the_same_interface():
-    field = NeRFField(FieldConfig(encoding="dense", resolutions=(8, 16), features=4, hidden_dim=16))
+    field = NeRFField(NeRFConfig(encoding="dense", resolutions=(8, 16), features=4, hidden_dim=16))
     density, albedo = field(torch.rand(10, 3) - 0.5)
     assert density.shape == (10,) and albedo.shape == (10, 3)
 
@@ -156,8 +157,8 @@ def test_dense_field_renders_the_same_interface():
     ],
 )
 def test_field_config_rejects_bad_values(key, value):
-    with pytest.raises(ValueError, match=f"field.{key}"):
-        FieldConfig(**{key: value}).validate()
+    with pytest.raises(ValueError, match=f"field.nerf.{key}"):
+        NeRFConfig(**{key: value}).validate()
 
 
 def test_solid_background_is_constant():

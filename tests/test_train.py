@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from msd3d.config import load_config
-from msd3d.generate import generate
 from msd3d.priors.oracle import OraclePrior
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged, TrainingInterrupted
+from msd3d.workflows.text_to_3d import generate
 
 
 def _config(overrides, steps=6, guidance="msd", **extra):
@@ -135,3 +135,47 @@ def test_generate_writes_the_run_directory(tmp_path, tiny_run_overrides):
     # the resolved config round-trips: what --resume and export read equals what ran
     assert load_config(run.config) == config
     assert list(run.validation.glob("step_*.png"))
+
+
+def test_guidance_parameters_are_optimised_and_checkpointed(tmp_path, tiny_run_overrides):
+    """A method with trainable state (as VSD's LoRA would be): the trainer optimises Guidance.parameters()
+    through GuidanceOutput.aux_loss, saves Guidance.state_dict() in the checkpoint and restores it."""
+    from msd3d.guidance.sds import SDS
+
+    class LearnedScale(SDS):
+        def __init__(self, prior, config=None):
+            super().__init__(prior, config)
+            self.scale = torch.nn.Parameter(torch.zeros(()))
+
+        def parameters(self):
+            return [self.scale]
+
+        def state_dict(self):
+            return {"scale": self.scale.detach().clone()}
+
+        def load_state_dict(self, state):
+            with torch.no_grad():
+                self.scale.copy_(state["scale"])
+
+        def __call__(self, x, cond, step=0, total_steps=1, generator=None):
+            out = super().__call__(x, cond, step, total_steps, generator)
+            out.aux_loss = (self.scale - 2.0) ** 2
+            return out
+
+    def trainer(run):
+        t = Trainer(_config(tiny_run_overrides, steps=4, guidance="sds"), run, show_progress=False)
+        t.guidance = LearnedScale(t.prior, t.config.guidance.sds)
+        t.optimizer = t._build_optimizer()
+        return t
+
+    first = trainer(tmp_path / "run")
+    assert [g["name"] for g in first.optimizer.param_groups][-1] == "guidance"
+    first.fit(stop_at=2)
+    after_two = float(first.guidance.scale.detach())
+    assert 0.0 < after_two < 2.0  # Adam moved it towards the minimum of (scale - 2)^2
+    assert float(load_checkpoint(RunDir(tmp_path / "run"))["guidance_state"]["scale"]) == after_two
+    second = trainer(tmp_path / "run")
+    second.resume()
+    assert float(second.guidance.scale.detach()) == after_two
+    second.fit()
+    assert float(second.guidance.scale.detach()) > after_two

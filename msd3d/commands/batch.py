@@ -39,8 +39,8 @@ def batch(
     with user_errors():
         from datetime import datetime, timezone
 
-        from msd3d.batch import default_batch_root, load_batch_file, parse_shard, plan_batch, run_batch, summary_stem
-        from msd3d.batch import write_batch_summary
+        from msd3d.workflows.batch_runner import default_batch_root, load_batch_file, parse_shard, plan_batch, run_batch, summary_stem
+        from msd3d.workflows.batch_runner import write_batch_summary
 
         shard_range = parse_shard(shard)
         batch_file = load_batch_file(file)

@@ -15,13 +15,15 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from msd3d.commands import fail
+from msd3d.commands import user_errors
+from msd3d.registry import GUIDANCE
 
 
 def bench(
     overrides: Annotated[
         Optional[List[str]],
-        typer.Argument(help="Config overrides as key=value (e.g. guidance.msd.sampler_steps=8); they win over options."),
+        typer.Argument(help="Overrides as key=value: run-config keys (guidance.msd.sampler_steps=8) or bench.* "
+                       "settings (bench.start_step=500); they win over options."),
     ] = None,
     random_weights: Annotated[
         Optional[str],
@@ -33,7 +35,9 @@ def bench(
         typer.Option(help="SD hub id or local diffusers folder, instead of --random-weights. "
                      "Neither: the recipe's prior (e.g. --config msd-oracle for the CPU oracle)."),
     ] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated guidance methods (sds, msd, sdi) or 'all'.")] = "sds,msd,sdi",
+    methods: Annotated[
+        str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all'.")
+    ] = ",".join(GUIDANCE),
     steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
     resolution: Annotated[int, typer.Option(help="Training render size, H = W (render.resolution).")] = 64,
@@ -69,25 +73,22 @@ def bench(
     alone for SDS, MSD and SDI; print ms/step, it/s, denoiser calls/step and peak GPU memory."""
     from msd3d.errors import Msd3dError
 
-    try:
+    with user_errors():
         from rich.console import Console
 
-        from msd3d.bench import BenchConfig, parse_methods, print_report, run_bench
+        from msd3d.workflows.benchmark import BenchConfig, parse_methods, print_report, run_bench
 
         if random_weights is not None and random_weights not in ("tiny", "sd21"):
             raise Msd3dError(f"unknown --random-weights {random_weights!r}; choose tiny or sd21")
-        if random_weights is not None and model is not None:
-            raise Msd3dError("--random-weights and --model are alternatives; pass one of them")
         if threads < 0:
             raise Msd3dError(f"--threads must be 0 (default) or positive, got {threads}")
-        for flag, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0), ("--resolution", resolution, 8),
-                                 ("--batch", batch, 1), ("--start-step", start_step, 0)):
-            if value < low:
-                raise Msd3dError(f"{flag} must be at least {low}, got {value}")
         overrides = list(overrides or [])
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise Msd3dError(f"override {item!r} is not key=value (e.g. guidance.msd.sampler_steps=8)")
+        # bench.* keys set BenchConfig fields; the rest are the benchmarked run's config
+        bench_overrides = [item for item in overrides if item.startswith("bench.")]
+        overrides = [item for item in overrides if not item.startswith("bench.")]
         settings = BenchConfig(
             methods=parse_methods(methods),
             random_weights=random_weights,
@@ -108,17 +109,21 @@ def bench(
             seed=seed,
             start_step=start_step,
         )
+        # BenchConfig checks every setting once (options and bench.* overrides alike)
+        from msd3d.config import apply_overrides
+        from msd3d.errors import ConfigError
+
+        settings = apply_overrides(settings, bench_overrides, section="bench")
+        try:
+            settings.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         log = (lambda message: None) if quiet else (lambda message: typer.echo(message, err=True))
         report = run_bench(settings, log=log)
-    except Msd3dError as err:
-        fail(str(err))
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130) from None
 
     console = Console(width=max(132, Console().width))
     print_report(report, console)

@@ -39,7 +39,7 @@ def render(
         import dataclasses
         import time
 
-        from msd3d.assets import load_trained_renderer, write_turntable
+        from msd3d.workflows.assets import load_trained_renderer, write_turntable
         from msd3d.commands.export import parse_choices
         from msd3d.errors import Msd3dError
         from msd3d.export.video import PANELS, VIDEO_FORMATS

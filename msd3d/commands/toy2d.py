@@ -8,19 +8,25 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, List, Optional
 
 import typer
 
-from msd3d.commands import fail
+from msd3d.commands import fail, user_errors
+from msd3d.registry import DATASETS_2D, GUIDANCE, MSD_KERNELS
 
-# Names for the help texts, kept here so `msd3d --help` does not import torch; a test checks that
-# they equal msd3d.experiments.datasets2d.DATASETS and msd3d.guidance.msd.KERNELS.
-DATASET_NAMES = ("fractal", "spiral", "pinwheel")
-KERNEL_NAMES = ("exp", "diffused", "posterior")
+# Names for the help texts come from the registry, which imports nothing heavy (`msd3d --help` stays fast).
+DATASET_NAMES = DATASETS_2D.names()
+KERNEL_NAMES = MSD_KERNELS
+METHOD_NAMES = GUIDANCE.names()
 
 
 def toy2d(
+    overrides: Annotated[
+        Optional[List[str]],
+        typer.Argument(help="Settings as key=value, applied after the options: any key of Toy2DConfig, e.g. "
+                       "guidance.msd.eta=0.5 optim.lr_schedule=cosine metrics.knn_k=5."),
+    ] = None,
     dataset: Annotated[
         str,
         typer.Option(help=f"Built-in dataset(s), comma-separated: {', '.join(DATASET_NAMES)}, or 'all'. "
@@ -28,9 +34,9 @@ def toy2d(
     ] = "fractal",
     methods: Annotated[
         str,
-        typer.Option(help="Comma-separated methods: sds, msd, sdi, or msd-exp / msd-diffused / msd-posterior "
-                     "(MSD with that kernel)."),
-    ] = "sds,msd,sdi",
+        typer.Option(help=f"Comma-separated methods: {', '.join(METHOD_NAMES)}, or "
+                     f"{' / '.join('msd-' + k for k in KERNEL_NAMES)} (MSD with that kernel)."),
+    ] = ",".join(METHOD_NAMES),
     steps: Annotated[int, typer.Option(help="Optimisation steps per method.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (noise, reference samples, efficiency points).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder for results.json, table.md and the PNG plots.")] = Path(
@@ -72,7 +78,6 @@ def toy2d(
 ) -> None:
     """Distil particles from an exact 2-D Gaussian mixture with SDS, MSD and SDI and score them
     (NLL, precision/recall, MMD, on-mode fraction), plus each estimator's error per denoiser call."""
-    from msd3d.errors import Msd3dError
     from msd3d.experiments.datasets2d import DATASETS
     from msd3d.experiments.toy2d import (
         EfficiencyConfig,
@@ -100,7 +105,7 @@ def toy2d(
         fail(f"--guidance-scale must be positive, got {guidance_scale}")
     method_list = tuple(m.strip().lower() for m in methods.split(",") if m.strip())
     if not method_list:
-        fail("--methods must name at least one method (sds, msd, sdi)")
+        fail(f"--methods must name at least one method ({', '.join(METHOD_NAMES)})")
     try:
         for m in method_list:
             parse_method(m)
@@ -140,12 +145,13 @@ def toy2d(
         msd=replace(g.msd, kernel=kernel, sampler_steps=sampler_steps, samples=samples, guidance_scale=guidance_scale),
         sdi=replace(g.sdi, guidance_scale=guidance_scale),
     )
-    try:
+    with user_errors():
+        from msd3d.config import apply_overrides
+
+        base = apply_overrides(base, overrides or [])
         if len(names) == 1:
             results = {names[0]: run_toy2d(base, out, show_progress=progress)}
         else:
             results = run_toy2d_suite(base, names, out, show_progress=progress)
-    except Msd3dError as err:
-        fail(str(err))
     typer.echo(summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'table.md'} and plots")

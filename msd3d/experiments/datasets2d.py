@@ -31,6 +31,7 @@ import torch
 
 from msd3d.errors import Msd3dError
 from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.registry import DATASETS_2D
 
 Bounds = tuple[float, float, float, float]
 """A canvas ``(x_min, x_max, y_min, y_max)``."""
@@ -181,12 +182,11 @@ def pinwheel(arms: int = 5, components_per_arm: int = 8, r_min: float = 0.5, r_m
     return GaussianMixturePrior(torch.tensor(np.array(means)), torch.tensor(np.array(covs)), torch.tensor(weights))
 
 
+_DEFAULT_PROMPTS = {"fractal": "orange"}
 DATASETS: dict[str, tuple[Callable[[], GaussianMixturePrior], str]] = {
-    "fractal": (fractal, "orange"),
-    "spiral": (spiral, ""),
-    "pinwheel": (pinwheel, ""),
+    name: (DATASETS_2D.factory(name), _DEFAULT_PROMPTS.get(name, "")) for name in DATASETS_2D
 }
-"""Built-in datasets: name -> (constructor, default prompt)."""
+"""Built-in datasets (the names in msd3d.registry.DATASETS_2D): name -> (constructor, default prompt)."""
 
 
 def load_dataset(name: str, gmm_path: Path | str | None = None) -> Dataset2D:

@@ -25,16 +25,17 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from msd3d.atomic_io import atomic_path, atomic_write_json, atomic_write_text
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text
 from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, load_dataset
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
-from msd3d.guidance.base import SCHEDULE_KINDS, interpolate, progress
 from msd3d.guidance.msd import KERNELS
 from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.registry import GUIDANCE
+from msd3d.schedules import SCHEDULE_KINDS, anneal
 
-BASE_METHODS = ("sds", "msd", "sdi")
+BASE_METHODS = GUIDANCE.names()
 """Guidance methods; ``msd-<kernel>`` (e.g. ``msd-exp``) is MSD with that kernel."""
 
 
@@ -189,9 +190,8 @@ class Toy2DConfig:
         self.optim.validate()
         self.metrics.validate()
         self.efficiency.validate()
-        self.guidance.sds.validate()
-        self.guidance.msd.validate()
-        self.guidance.sdi.validate()
+        for name in GUIDANCE.names():
+            getattr(self.guidance, name).validate(f"guidance.{name}")
 
 
 def auto_lambdas(prior: GaussianMixturePrior, prompt: str = "") -> tuple[float, float]:
@@ -262,7 +262,7 @@ def optimise_particles(
     stats: dict[str, float] = {}
     for step in range(config.steps):
         for group in opt.param_groups:
-            group["lr"] = interpolate(lr, lr_end, progress(step, config.steps), config.optim.lr_schedule)
+            group["lr"] = anneal(lr, lr_end, step, config.steps, config.optim.lr_schedule)
         if step in record_at:
             curve.append((step, float(-prior.log_prob(x.detach(), prompt=prompt).mean())))
         out = guidance(x.detach(), cond, step=step, total_steps=config.steps, generator=generator)
@@ -282,8 +282,7 @@ def torch_threads(n: int | None):
     """Temporarily run torch with ``n`` intra-op threads (None: leave as is).
 
     The toy's tensors are tiny (hundreds of particles times hundreds of components), so threading
-    costs more than it saves: on a busy 2-core machine one GMM denoiser call took 31 ms with one
-    thread and 390 ms with two.
+    costs more than it saves (on a busy CPU, by an order of magnitude).
     """
     if n is None:
         yield

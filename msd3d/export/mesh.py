@@ -30,7 +30,7 @@ import torch
 import trimesh
 
 from msd3d.errors import Msd3dError
-from msd3d.export.atomic import atomic_path, atomic_paths
+from msd3d.atomic_io import atomic_path, atomic_paths
 from msd3d.scene.base import RadianceField
 
 __all__ = [
@@ -85,8 +85,8 @@ class MeshExportConfig:
     texture_size: int = 1024
     """Texture width = height in pixels (when ``texture``); 16 to 8192."""
     texture_max_faces: int = 50000
-    """With ``texture``, decimate to at most this many faces before unwrapping: xatlas is superlinear
-    (on 2 CPU cores about 1 s at 10k faces, 10 s at 40k, 5 min at 150k)."""
+    """With ``texture``, decimate to at most this many faces before unwrapping (xatlas's time grows
+    faster than linearly with the face count)."""
     formats: tuple[str, ...] = ("glb", "obj")
     """File types ``export_mesh_files`` writes: any of "obj", "glb", "ply"."""
     chunk_size: int = 262144

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msd3d.atomic_io import atomic_path
 from msd3d.errors import DiskFullError, Msd3dError
-from msd3d.export.atomic import atomic_path
 from msd3d.render.cameras import Cameras, turntable_cameras
 
 __all__ = [
@@ -216,9 +216,9 @@ def render_turntable(
     ``render_fn`` receives ``Cameras`` batches (at most ``config.batch_size`` views, on ``device``)
     and returns the images named in the module docstring; it runs under ``torch.no_grad``.
     The cameras circle ``target`` (default the origin) at ``config.distance``; framing from the
-    object's extent (``config.fill``) is the caller's job (``msd3d.assets.frame_turntable``).
+    object's extent (``config.fill``) is the caller's job (``msd3d.workflows.assets.frame_turntable``).
     ``show_progress`` shows a transient rich progress bar, or the frames go to ``progress`` (a
-    running ``msd3d.progress.make_progress`` display, e.g. the finishing stage's) when given.
+    running ``msd3d.progress_bar.make_progress`` display, e.g. the finishing stage's) when given.
     """
     config = config or VideoConfig()
     config.validate()

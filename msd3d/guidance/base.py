@@ -1,4 +1,4 @@
-"""What every guidance method returns, and the schedules they share.
+"""What every guidance method returns, and what it may keep between steps.
 
 A guidance method looks at the current data ``x`` (a render, encoded by the prior) and returns a
 detached ``target`` and a per-sample ``weight``. The trainer minimises
@@ -9,9 +9,7 @@ reaching ``x_b`` is ``w_b (x_b - target_b) / B``. Methods only use the prior's V
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass, field
-
 from typing import Any
 
 import torch
@@ -31,6 +29,8 @@ class GuidanceOutput:
     target: Tensor
     weight: Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    aux_loss: Tensor | None = None
+    """A scalar loss on the method's own parameters (e.g. a LoRA); the trainer adds it as "guidance_aux"."""
 
     def loss(self, x: Tensor) -> Tensor:
         """``1/2 * sum_b w_b ||x_b - target_b||^2 / B``: a scalar whose gradient is ``w (x - target) / B``."""
@@ -60,6 +60,24 @@ class Guidance(abc.ABC):
         self.config.validate()
 
     @abc.abstractmethod
+    def denoiser_calls(self) -> int:
+        """Batched denoiser calls one ``__call__`` makes (classifier-free guidance runs inside each)."""
+
+    # -- trainable state (none by default): a method with learned parts (a LoRA, an EMA) overrides these;
+    # the trainer optimises ``parameters()`` in the "guidance" group (``train.lr_network``) and keeps
+    # ``state_dict()`` in every checkpoint.
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Tensors the trainer optimises together with the scene."""
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue this method exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    @abc.abstractmethod
     def __call__(
         self,
         x: Tensor,
@@ -69,34 +87,6 @@ class Guidance(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> GuidanceOutput:
         """Target for data ``x`` (B, *data) at optimisation ``step`` of ``total_steps``."""
-
-    def at_end(self, step: int, total_steps: int) -> bool:
-        """Whether the method has reached a natural stopping point (MSD: lambda reached its end)."""
-        return step >= total_steps
-
-
-SCHEDULE_KINDS = ("constant", "linear", "log_linear", "cosine")
-
-
-def interpolate(start: float, end: float, frac: float, kind: str = "linear") -> float:
-    """A value moving from ``start`` (frac=0) to ``end`` (frac=1) with the given shape."""
-    frac = min(max(float(frac), 0.0), 1.0)
-    if kind == "constant":
-        return float(start)
-    if kind == "linear":
-        return start + (end - start) * frac
-    if kind == "log_linear":
-        if start <= 0 or end <= 0:
-            raise ValueError("log_linear schedules need positive start and end")
-        return math.exp(math.log(start) + (math.log(end) - math.log(start)) * frac)
-    if kind == "cosine":
-        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * frac))
-    raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
-
-
-def progress(step: int, total_steps: int) -> float:
-    """Fraction of the run done, in [0, 1]."""
-    return min(max(step / max(total_steps - 1, 1), 0.0), 1.0)
 
 
 def stat(value: Tensor | float, defer: bool = False) -> Tensor | float:
@@ -109,32 +99,3 @@ def stat(value: Tensor | float, defer: bool = False) -> Tensor | float:
         if defer and value.device.type != "cpu":
             return value
     return float(value)
-
-
-def draw_device(generator: torch.Generator | None, like: Tensor) -> torch.device:
-    """Where random numbers are drawn: the generator's device (the trainer's is the CPU), else ``like``'s."""
-    return generator.device if generator is not None else like.device
-
-
-def to_device(t: Tensor, device: torch.device | str) -> Tensor:
-    """``t`` on ``device``. A CPU -> CUDA copy is staged in pinned memory and does not block the
-    host: a plain ``.to("cuda")`` of pageable memory waits for all queued GPU work first."""
-    device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, drawn on the generator's device then moved."""
-    if generator is None:
-        return torch.randn_like(x)
-    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return to_device(noise, x.device).to(x.dtype)
-
-
-def rand(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """n uniform numbers in [0, 1)."""
-    if generator is None:
-        return torch.rand(n, device=device)
-    return to_device(torch.rand(n, generator=generator, device=generator.device), device)

@@ -1,24 +1,28 @@
 """Mean-shift distillation (MSD): mode seeking with a product-distribution sampler.
 
-The mean-shift vector ``m(x) = E_{y~q}[y] - x`` with ``q(y|x) ∝ p(y|c) G_lambda(x - y)`` equals
-``lambda^2 grad log (p * G_lambda)(x)``; its zeros approach the modes of ``p`` as ``lambda -> 0``.
-MSD draws ``y ~ q`` with the prior's own reverse process plus the kernel's score and returns
-``target = mean_k y_k`` for the loss ``1/2 ||x - target||^2``, so the gradient is ``-m(x)`` (estimated).
+The equations, numbered as the code cites them:
 
-Sampler (VE coordinates, docs/design.md §1): start at ``z = x + s_noise * sigma_start * n``; for each
-step ``sigma -> sigma'`` take a DDIM step ``z' = D + (sigma'/sigma)(z - D)`` (with optional eta noise),
-then integrate the kernel term exactly over the step (operator splitting):
+(1) ``q(y|x) ∝ p(y|c) G_lambda(x - y)``: the product of the prior and a Gaussian kernel of width lambda;
+(2) ``m(x) = E_{y~q}[y] - x = lambda^2 grad log (p * G_lambda)(x)``: the mean shift, whose zeros approach
+    the modes of ``p`` as ``lambda -> 0``;
+(3) ``target = mean_k y_k`` with ``y_k ~ q`` drawn by the sampler below; the loss ``1/2 ||x - target||^2``
+    then has gradient ``-m(x)`` (estimated).
 
-* ``kernel="exp"`` (the paper): ``z' <- x + (z' - x) exp(-Delta / lambda^2)``,
-  ``Delta = (sigma^2 - sigma'^2) / 2``;
-* ``kernel="diffused"``: the kernel convolved with the current noise,
-  ``z' <- x + (z' - x) sqrt((lambda^2 + sigma'^2) / (lambda^2 + sigma^2))``.
+Sampler (VE coordinates, docs/design.md §1):
 
-* ``kernel="posterior"``: the exact score of the noisy product ``q_sigma``. A clean ``y`` seen through
-  two Gaussian observations, ``x`` (noise lambda) and ``z`` (noise sigma), is seen through one:
-  ``z_eff = (z/sigma^2 + x/lambda^2) / (1/sigma^2 + 1/lambda^2)`` at ``sigma_eff^-2 = sigma^-2 + lambda^-2``,
-  so ``E[y | z, x] = D(z_eff, sigma_eff)``. The DDIM step uses that denoiser; nothing is split off.
-  With an exact denoiser the estimate's mean is the exact mean shift (tests check this on GMMs).
+(4) start: ``z = x + s_noise * sigma_start * n``;
+(5) each step ``sigma -> sigma'``: DDIM ``z' = D + (sigma'/sigma)(z - D)``, or with eta noise
+    ``z' = D + (sigma_down/sigma)(z - D) + sigma_up n`` with
+    ``sigma_up = eta sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2)``, ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``;
+(6) then the kernel term integrated exactly over the step (operator splitting):
+    ``kernel="exp"`` (the paper): ``z' <- x + (z' - x) exp(-Delta / lambda^2)``, ``Delta = (sigma^2 - sigma'^2) / 2``;
+    ``kernel="diffused"`` (the kernel convolved with the current noise):
+    ``z' <- x + (z' - x) sqrt((lambda^2 + sigma'^2) / (lambda^2 + sigma^2))``;
+(7) or, ``kernel="posterior"``, the exact score of the noisy product ``q_sigma`` instead of (6): a clean ``y``
+    seen through two Gaussian observations, ``x`` (noise lambda) and ``z`` (noise sigma), is seen through one,
+    ``z_eff = (z/sigma^2 + x/lambda^2) / (1/sigma^2 + 1/lambda^2)`` at ``sigma_eff^-2 = sigma^-2 + lambda^-2``,
+    so ``E[y | z, x] = D(z_eff, sigma_eff)`` and the DDIM step (5) uses that denoiser. With an exact
+    denoiser the estimate's mean is the exact mean shift (tests check this on GMMs).
 
 The kernel acts only while the diffusion time of the step lies in ``[kernel_t_min, kernel_t_max]``.
 """
@@ -31,10 +35,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, interpolate, progress, randn_like, stat
+from msd3d.guidance.base import Guidance, GuidanceOutput, stat
 from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.registry import MSD_KERNELS
+from msd3d.rng import randn_like
+from msd3d.schedules import SCHEDULE_KINDS, anneal
+from msd3d.validation import check_choice, check_range, join
 
-KERNELS = ("exp", "diffused", "posterior")
+KERNELS = MSD_KERNELS
 
 
 @dataclass
@@ -68,27 +76,23 @@ class MSDConfig:
     weight: float = 1.0
     """Loss weight ``w`` of ``1/2 w ||x - target||^2``."""
 
-    def validate(self) -> None:
-        if self.sampler_steps < 1:
-            raise ValueError("msd.sampler_steps must be at least 1")
-        if self.samples < 1:
-            raise ValueError("msd.samples must be at least 1")
-        if self.lambda_start <= 0 or self.lambda_end <= 0:
-            raise ValueError("msd.lambda_start and msd.lambda_end must be positive")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"msd.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-        if not 0 < self.t_start <= 1:
-            raise ValueError("msd.t_start must be in (0, 1]")
-        if not 0 <= self.eta <= 1:
-            raise ValueError("msd.eta must be in [0, 1]")
-        if self.start_noise_scale < 0:
-            raise ValueError("msd.start_noise_scale must be non-negative")
+    def validate(self, path: str = "guidance.msd") -> None:
+        k = lambda name: join(path, name)  # noqa: E731 - the full dotted key of a setting
+        check_range(k("sampler_steps"), self.sampler_steps, 1)
+        check_range(k("samples"), self.samples, 1)
+        check_range(k("lambda_start"), self.lambda_start, 0, low_open=True)
+        check_range(k("lambda_end"), self.lambda_end, 0, low_open=True)
+        check_choice(k("lambda_schedule"), self.lambda_schedule, SCHEDULE_KINDS)
+        check_choice(k("kernel"), self.kernel, KERNELS)
+        check_range(k("t_start"), self.t_start, 0, 1, low_open=True)
+        check_range(k("eta"), self.eta, 0, 1)
+        check_range(k("start_noise_scale"), self.start_noise_scale, 0)
         if self.kernel_t_min > self.kernel_t_max:
-            raise ValueError("msd.kernel_t_min must not exceed msd.kernel_t_max")
+            raise ValueError(f"{k('kernel_t_min')} must not exceed {k('kernel_t_max')}")
 
 
 def kernel_factor(kernel: str, lam: float, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-    """Exact contraction of ``z - x`` over one step ``sigma -> sigma_next`` under the kernel score."""
+    """Exact contraction of ``z - x`` over one step ``sigma -> sigma_next`` under the kernel score, eq. (6)."""
     if kernel == "exp":
         delta = 0.5 * (sigma**2 - sigma_next**2)
         return torch.exp(-delta / lam**2)
@@ -114,27 +118,27 @@ def mean_shift_target(
     cond_s = cond.repeat(samples) if samples > 1 else cond
     times = torch.linspace(config.t_start, 0.0, config.sampler_steps + 1)
     sigmas = prior.sigma_from_time(times[:-1]).tolist() + [0.0]  # decreasing to 0
-    z = xs + config.start_noise_scale * sigmas[0] * randn_like(xs, generator)
+    z = xs + config.start_noise_scale * sigmas[0] * randn_like(xs, generator)  # (4)
     for i in range(config.sampler_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         kernel_on = config.kernel_t_min <= float(times[i]) <= config.kernel_t_max
-        if kernel_on and config.kernel == "posterior":
+        if kernel_on and config.kernel == "posterior":  # (7): denoise the combined observation
             precision = 1.0 / sigma**2 + 1.0 / lam**2
             z_eff = (z / sigma**2 + xs / lam**2) / precision
             d = prior.denoise(z_eff, precision**-0.5, cond_s, config.guidance_scale)
         else:
             d = prior.denoise(z, sigma, cond_s, config.guidance_scale)
-        if config.eta > 0 and sigma_next > 0:
+        if config.eta > 0 and sigma_next > 0:  # (5) with eta noise
             sigma_up = config.eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
             sigma_down = math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0))
             z = d + (sigma_down / sigma) * (z - d) + sigma_up * randn_like(z, generator)
         else:
-            z = d + (sigma_next / sigma) * (z - d)
-        if kernel_on and config.kernel != "posterior":
+            z = d + (sigma_next / sigma) * (z - d)  # (5) DDIM
+        if kernel_on and config.kernel != "posterior":  # (6) the kernel's exact contraction
             f = kernel_factor(config.kernel, lam, torch.tensor(sigma), torch.tensor(sigma_next))
             z = xs + (z - xs) * f.to(z.dtype)
     ys = z.reshape(samples, batch, *x.shape[1:])
-    return ys.mean(0), ys
+    return ys.mean(0), ys  # (3)
 
 
 class MSD(Guidance):
@@ -145,9 +149,12 @@ class MSD(Guidance):
     config: MSDConfig
 
 
+    def denoiser_calls(self) -> int:
+        return self.config.sampler_steps  # all samples run in one batch
+
     def bandwidth(self, step: int, total_steps: int) -> float:
         c = self.config
-        return interpolate(c.lambda_start, c.lambda_end, progress(step, total_steps), c.lambda_schedule)
+        return anneal(c.lambda_start, c.lambda_end, step, total_steps, c.lambda_schedule)
 
     def __call__(
         self,

@@ -1,12 +1,14 @@
 """Score distillation via DDIM inversion (SDI, Lukoianov et al. 2024), in VE coordinates.
 
 SDS adds fresh noise ``n`` to ``x``; SDI instead finds the noise the model itself would associate
-with ``x``, by running DDIM backwards (``z -> D + (sigma_next / sigma)(z - D)`` with increasing sigma)
-from ``x`` up to the level ``sigma_t``. The target is the one-step denoised estimate ``D(z_t, sigma_t)``
-with the same weight as SDS, so the gradient is ``w(t) (eps_hat(z_t) - eps_inv)``.
+with ``x``. The equations, numbered as the code cites them:
 
-``inversion_eta`` mixes fresh noise into each inversion step while keeping the noise level:
-``z' = D + sigma_next (sqrt(1 - eta^2) eps_hat + eta n)`` (0 = pure inversion, 1 = SDS noise).
+(1) inversion step, sigma increasing from ``sigma_min`` to ``sigma_t``: ``eps_hat = (z - D(z, sigma)) / sigma``,
+    ``z' = D + sigma_next eps_hat`` (DDIM run backwards), starting at ``z = x``;
+(2) with ``inversion_eta``, fresh noise mixed in at the same level:
+    ``z' = D + sigma_next (sqrt(1 - eta^2) eps_hat + eta n)`` (0 = pure inversion, 1 = SDS noise);
+(3) target ``D(z_t, sigma_t)`` (one denoiser call at the inverted point) with SDS's weight
+    ``w(t) / sigma_t``, so the gradient is ``w(t) (eps_hat(z_t) - eps_inv)``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import Guidance, GuidanceOutput, draw_device, randn_like, stat
+from msd3d.guidance.base import Guidance, GuidanceOutput, stat
 from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, sample_times, sds_weight
 from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.rng import draw_device, randn_like
+from msd3d.validation import check_choice, check_range, join
 
 
 @dataclass
@@ -39,14 +43,11 @@ class SDIConfig(TimestepConfig):
     weight: float = 1.0
     """Extra loss multiplier."""
 
-    def validate(self, name: str = "sdi") -> None:
-        super().validate(name)
-        if self.inversion_steps < 1:
-            raise ValueError(f"{name}.inversion_steps must be at least 1")
-        if not 0 <= self.inversion_eta <= 1:
-            raise ValueError(f"{name}.inversion_eta must be in [0, 1]")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"{name}.weighting must be one of {', '.join(WEIGHTINGS)}")
+    def validate(self, path: str = "guidance.sdi") -> None:
+        super().validate(path)
+        check_range(join(path, "inversion_steps"), self.inversion_steps, 1)
+        check_range(join(path, "inversion_eta"), self.inversion_eta, 0, 1)
+        check_choice(join(path, "weighting"), self.weighting, WEIGHTINGS)
 
 
 def ddim_invert(
@@ -66,10 +67,10 @@ def ddim_invert(
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         d = prior.denoise(z, sigma, cond, guidance_scale)
-        eps = (z - d) / sigma
+        eps = (z - d) / sigma  # (1)
         if eta > 0:
-            eps = math.sqrt(1 - eta**2) * eps + eta * randn_like(eps, generator)
-        z = d + sigma_next * eps
+            eps = math.sqrt(1 - eta**2) * eps + eta * randn_like(eps, generator)  # (2)
+        z = d + sigma_next * eps  # (1)
     return z, sigmas[-1]
 
 
@@ -80,6 +81,9 @@ class SDI(Guidance):
     config_class = SDIConfig
     config: SDIConfig
 
+
+    def denoiser_calls(self) -> int:
+        return self.config.inversion_steps + 1
 
     def __call__(
         self,
@@ -96,7 +100,7 @@ class SDI(Guidance):
         z, sigma_t = ddim_invert(
             self.prior, x, cond, t, c.inversion_steps, c.inversion_guidance_scale, c.inversion_eta, generator
         )
-        target = self.prior.denoise(z, sigma_t, cond, c.guidance_scale)
+        target = self.prior.denoise(z, sigma_t, cond, c.guidance_scale)  # (3)
         sigma = torch.full((x.shape[0],), sigma_t, device=x.device)
         weight = c.weight * sds_weight(sigma, c.weighting)
         noise_norm = ((z - x) / sigma_t).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())

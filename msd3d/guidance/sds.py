@@ -15,18 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import (
-    Guidance,
-    GuidanceOutput,
-    draw_device,
-    interpolate,
-    progress,
-    rand,
-    randn_like,
-    stat,
-    to_device,
-)
+from msd3d.guidance.base import Guidance, GuidanceOutput, stat
 from msd3d.priors.base import Condition
+from msd3d.rng import draw_device, rand, randn_like, to_device
+from msd3d.schedules import anneal
+from msd3d.validation import check_choice, join
 
 WEIGHTINGS = ("sds", "uniform")
 T_SCHEDULES = ("random", "anneal")
@@ -43,11 +36,10 @@ class TimestepConfig:
     t_schedule: str = "random"
     """"random": uniform in [t_min, t_max] each step; "anneal": t_max -> t_min linearly over the run."""
 
-    def validate(self, name: str) -> None:
+    def validate(self, path: str) -> None:
         if not 0 <= self.t_min < self.t_max <= 1:
-            raise ValueError(f"{name}.t_min and {name}.t_max must satisfy 0 <= t_min < t_max <= 1")
-        if self.t_schedule not in T_SCHEDULES:
-            raise ValueError(f"{name}.t_schedule must be one of {', '.join(T_SCHEDULES)}")
+            raise ValueError(f"{path}.t_min and {path}.t_max must satisfy 0 <= t_min < t_max <= 1")
+        check_choice(join(path, "t_schedule"), self.t_schedule, T_SCHEDULES)
 
 
 def sample_times(
@@ -55,7 +47,7 @@ def sample_times(
 ) -> Tensor:
     """(B,) diffusion times for this optimisation step."""
     if config.t_schedule == "anneal":
-        t = interpolate(config.t_max, config.t_min, progress(step, total_steps))
+        t = anneal(config.t_max, config.t_min, step, total_steps)
         return torch.full((batch,), t, device=device)
     return config.t_min + (config.t_max - config.t_min) * rand(batch, generator, device)
 
@@ -78,10 +70,9 @@ class SDSConfig(TimestepConfig):
     weight: float = 1.0
     """Extra loss multiplier."""
 
-    def validate(self, name: str = "sds") -> None:
-        super().validate(name)
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"{name}.weighting must be one of {', '.join(WEIGHTINGS)}")
+    def validate(self, path: str = "guidance.sds") -> None:
+        super().validate(path)
+        check_choice(join(path, "weighting"), self.weighting, WEIGHTINGS)
 
 
 class SDS(Guidance):
@@ -91,6 +82,9 @@ class SDS(Guidance):
     config_class = SDSConfig
     config: SDSConfig
 
+
+    def denoiser_calls(self) -> int:
+        return 1
 
     def __call__(
         self,

@@ -4,47 +4,40 @@
 * :class:`~msd3d.priors.oracle.OraclePrior` — the exact, weight-free prior over a catalogue of shapes;
 * :class:`~msd3d.priors.gmm.GaussianMixturePrior` — exact mixtures for the 2-D experiments and tests.
 
-Nothing here imports diffusers: Stable Diffusion is loaded only by :func:`build_prior` when asked for.
+Which priors a run can use is :data:`msd3d.registry.PRIORS`. Nothing here imports diffusers: Stable
+Diffusion is loaded only by :func:`build_prior` when asked for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from msd3d.priors.base import Condition, DenoiserCounter, DiffusionPrior
 from msd3d.priors.gmm import GaussianMixturePrior
-from msd3d.priors.oracle import OracleConfig
-from msd3d.priors.stable_diffusion import StableDiffusionConfig
-
-PRIOR_NAMES = ("sd", "oracle")
+from msd3d.registry import PRIORS, choice_config
+from msd3d.validation import check_choice, join
 
 
 @dataclass
-class PriorConfig:
-    """Which prior a text-to-3D run distils from, and each prior's settings."""
-
+class _PriorChoice:
     name: str = "sd"
-    """"sd" (Stable Diffusion) or "oracle" (offline shape catalogue)."""
-    sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
-    oracle: OracleConfig = field(default_factory=OracleConfig)
+    """The prior a run distils from: a name in msd3d/registry.py PRIORS ("sd": Stable Diffusion, "oracle":
+    offline shape catalogue); its settings are the section of that name."""
 
-    def validate(self) -> None:
-        if self.name not in PRIOR_NAMES:
-            raise ValueError(f"prior.name must be one of {', '.join(PRIOR_NAMES)}, got {self.name!r}")
+    def validate(self, path: str = "prior") -> None:
+        check_choice(join(path, "name"), self.name, PRIORS.names())
+
+
+#: ``name`` plus one settings section per registered prior (``prior.sd``, ``prior.oracle``).
+PriorConfig = choice_config(PRIORS, "PriorConfig", _PriorChoice, __name__)
 
 
 def build_prior(config: PriorConfig, device: torch.device | str = "cpu") -> DiffusionPrior:
     """Instantiate the configured prior on ``device`` (loads SD weights only for ``name="sd"``)."""
     config.validate()
-    if config.name == "sd":
-        from msd3d.priors.stable_diffusion import StableDiffusionPrior
-
-        return StableDiffusionPrior(config.sd, device=device)
-    from msd3d.priors.oracle import OraclePrior
-
-    return OraclePrior(config.oracle, device=device)
+    return PRIORS.factory(config.name)(getattr(config, config.name), device=device)
 
 
 __all__ = [
@@ -52,7 +45,6 @@ __all__ = [
     "DenoiserCounter",
     "DiffusionPrior",
     "GaussianMixturePrior",
-    "PRIOR_NAMES",
     "PriorConfig",
     "build_prior",
 ]

@@ -28,6 +28,7 @@ from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogue, match_family
 from msd3d.priors.schedule import VPSchedule
 from msd3d.priors.shapes import single_thread
+from msd3d.validation import check_choice, check_range, join
 from msd3d.render.cameras import Cameras
 
 UNCONDITIONAL_MODES = ("all_families", "none")
@@ -51,17 +52,12 @@ class OracleConfig:
     family), the exact prior itself; "all_families": the CFG branch is every variant of every
     family at the same camera (renders the whole catalogue at each step, about ten times the cost)."""
 
-    def validate(self) -> None:
+    def validate(self, path: str = "prior.oracle") -> None:
         if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
-            raise ValueError("oracle.background must be three numbers in [0, 1]")
-        if self.supersample < 1:
-            raise ValueError("oracle.supersample must be at least 1")
-        if self.max_steps < 1:
-            raise ValueError("oracle.max_steps must be at least 1")
-        if self.unconditional not in UNCONDITIONAL_MODES:
-            raise ValueError(
-                f"oracle.unconditional must be one of {', '.join(UNCONDITIONAL_MODES)}, got {self.unconditional!r}"
-            )
+            raise ValueError(f"{join(path, 'background')} must be three numbers in [0, 1]")
+        check_range(join(path, "supersample"), self.supersample, 1)
+        check_range(join(path, "max_steps"), self.max_steps, 1)
+        check_choice(join(path, "unconditional"), self.unconditional, UNCONDITIONAL_MODES)
 
 
 def ideal_denoiser(z: Tensor, sigma: Tensor, images: Tensor, log_weights: Tensor) -> Tensor:

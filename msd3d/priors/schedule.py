@@ -8,8 +8,6 @@ threestudio does (a fraction of the 1000 training steps) and convert it to a noi
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -91,9 +89,6 @@ class VPSchedule:
         """Sigma at normalised diffusion time ``u in [0, 1]`` (``u * (T-1)`` timesteps)."""
         return self.sigma_from_timestep(u * (self.num_timesteps - 1))
 
-    def time_from_sigma(self, sigma: Tensor) -> Tensor:
-        return self.timestep_from_sigma(sigma) / (self.num_timesteps - 1)
-
     def alpha_bar(self, sigma: Tensor) -> Tensor:
         """``alpha_bar = 1 / (1 + sigma^2)``, the VP signal fraction at noise level sigma."""
         return 1.0 / (1.0 + sigma**2)
@@ -103,8 +98,3 @@ class VPSchedule:
             f"VPSchedule(T={self.num_timesteps}, sigma_min={self.sigma_min:.4g}, "
             f"sigma_max={self.sigma_max:.4g})"
         )
-
-
-def log_linear(start: float, end: float, frac: float) -> float:
-    """Interpolate between ``start`` and ``end`` linearly in log space (``frac`` in [0, 1])."""
-    return math.exp(math.log(start) + (math.log(end) - math.log(start)) * frac)

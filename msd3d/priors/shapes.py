@@ -226,13 +226,6 @@ def op_union(*distances: Tensor) -> Tensor:
     return out
 
 
-def op_intersect(*distances: Tensor) -> Tensor:
-    out = distances[0]
-    for d in distances[1:]:
-        out = torch.maximum(out, d)
-    return out
-
-
 def op_subtract(a: Tensor, b: Tensor) -> Tensor:
     """``a`` with ``b`` carved out."""
     return torch.maximum(a, -b)
@@ -256,7 +249,7 @@ def single_thread(device: torch.device) -> Iterator[None]:
     """Run CPU work on one intra-op thread, then restore the previous count.
 
     Sphere tracing runs thousands of small operations; spreading each over threads costs more than
-    it saves, and on a busy machine waiting for the other threads made renders 10-30x slower.
+    it saves, and on a busy machine waiting for the other threads made renders much slower.
     (The thread count is process-wide: do not render from several Python threads at once.)
     """
     if device.type != "cpu":

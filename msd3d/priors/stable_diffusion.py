@@ -37,6 +37,7 @@ from msd3d.device import resolve_device
 from msd3d.errors import ModelLoadError
 from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.schedule import VPSchedule
+from msd3d.validation import check_choice, join
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TIMESTEP_MAPPINGS = ("interp", "nearest")
@@ -78,17 +79,14 @@ class StableDiffusionConfig:
     local_files_only: bool = False
     """Never contact the hub (also implied by HF_HUB_OFFLINE=1)."""
 
-    def validate(self) -> None:
+    def validate(self, path: str = "prior.sd") -> None:
         if not self.model.strip():
-            raise ValueError("prior.sd.model must name a hub id or a local folder")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"prior.sd.dtype must be auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+            raise ValueError(f"{join(path, 'model')} must name a hub id or a local folder")
+        check_choice(join(path, "dtype"), self.dtype, ("auto", *DTYPES))
         if self.render_size < 8 or self.render_size % 8:
-            raise ValueError("prior.sd.render_size must be a positive multiple of 8")
-        if self.timestep_mapping not in TIMESTEP_MAPPINGS:
-            raise ValueError(f"prior.sd.timestep_mapping must be one of {', '.join(TIMESTEP_MAPPINGS)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"prior.sd.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+            raise ValueError(f"{join(path, 'render_size')} must be a positive multiple of 8")
+        check_choice(join(path, "timestep_mapping"), self.timestep_mapping, TIMESTEP_MAPPINGS)
+        check_choice(join(path, "compile_mode"), self.compile_mode, COMPILE_MODES)
 
 
 # ------------------------------------------------------------------------------------------------

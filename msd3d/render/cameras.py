@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from msd3d.rng import draw_device, rand
+
 
 @dataclass
 class Cameras:
@@ -189,7 +191,7 @@ class CameraConfig:
 
 
 def _uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator)
+    return lo + (hi - lo) * rand(n, generator, draw_device(generator, "cpu"))
 
 
 def sample_cameras(

@@ -17,58 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from msd3d.guidance.base import SCHEDULE_KINDS, interpolate
 from msd3d.render.volume import RenderOutput
+from msd3d.schedules import Schedule
 
-
-SCHEDULE_UNITS = ("steps", "fraction")
-
-
-@dataclass
-class WeightSchedule:
-    """A loss weight moving from ``start`` (at ``start_step`` and before) to ``end`` (at ``end_step`` and after).
-
-    ``end=None`` keeps the weight constant at ``start``. With ``unit="fraction"`` the two steps are
-    fractions of the run's total steps. threestudio's ``lambda_orient: [0, 10, 1000, 5000]`` is
-    ``WeightSchedule(start=10, end=1000, start_step=0, end_step=5000)``.
-    """
-
-    start: float = 0.0
-    """Weight at ``start_step`` and before."""
-    end: float | None = None
-    """Weight at ``end_step`` and after (null: constant at ``start``)."""
-    start_step: float = 0
-    """Where the ramp starts (a step, or a fraction of the run with unit=fraction)."""
-    end_step: float = 0
-    """Where the ramp ends."""
-    kind: str = "linear"
-    """"constant", "linear", "log_linear" or "cosine" (msd3d.guidance.base.interpolate)."""
-    unit: str = "steps"
-    """"steps" (start_step/end_step are step numbers) or "fraction" (of the total steps)."""
-
-    def validate(self, name: str = "weight") -> None:
-        if self.kind not in SCHEDULE_KINDS:
-            raise ValueError(f"{name}.kind must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}")
-        if self.unit not in SCHEDULE_UNITS:
-            raise ValueError(f"{name}.unit must be one of {', '.join(SCHEDULE_UNITS)}, got {self.unit!r}")
-        if self.end is not None and self.end_step < self.start_step:
-            raise ValueError(f"{name}.end_step must not be before {name}.start_step")
-        if self.kind == "log_linear" and self.end is not None and (self.start <= 0 or self.end <= 0):
-            raise ValueError(f"{name} needs positive start and end for a log_linear schedule")
-
-    def value(self, step: int, total_steps: int | None = None) -> float:
-        """The weight at training ``step`` (``total_steps`` is needed for ``unit="fraction"``)."""
-        if self.end is None:
-            return float(self.start)
-        start_step, end_step = float(self.start_step), float(self.end_step)
-        if self.unit == "fraction":
-            if total_steps is None:
-                raise ValueError("a schedule in fractions of the run needs total_steps")
-            start_step, end_step = start_step * total_steps, end_step * total_steps
-        if end_step <= start_step:
-            return float(self.end if step >= end_step else self.start)
-        frac = (step - start_step) / (end_step - start_step)
-        return interpolate(float(self.start), float(self.end), frac, self.kind)
+#: A regulariser weight over the run (the shared schedule type).
+WeightSchedule = Schedule
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from msd3d.render.cameras import Cameras
+from msd3d.rng import draw_device, rand, randn
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
 
@@ -67,12 +68,6 @@ def needs_light(mode: str) -> bool:
     return mode in ("lambertian", "textureless")
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, normal: bool = False) -> Tensor:
-    device = generator.device if generator is not None else "cpu"
-    fn = torch.randn if normal else torch.rand
-    return fn(shape, generator=generator, device=device)
-
-
 def sample_light_positions(
     cameras: Cameras, config: ShadingConfig | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -82,9 +77,9 @@ def sample_light_positions(
     """
     config = config or ShadingConfig()
     b = len(cameras)
-    noise = _rand((b, 3), generator, normal=True).to(cameras.device)
+    noise = randn((b, 3), generator, draw_device(generator, "cpu")).to(cameras.device)
     lo, hi = config.light_distance_range
-    distance = (lo + (hi - lo) * _rand((b,), generator)).to(cameras.device)
+    distance = (lo + (hi - lo) * rand((b,), generator, draw_device(generator, "cpu"))).to(cameras.device)
     direction = F.normalize(cameras.positions + config.light_position_perturb * noise, dim=-1)
     return direction * distance[:, None]
 
@@ -106,7 +101,7 @@ def choose_shading(step: int, config: ShadingConfig | None = None, generator: to
     config = config or ShadingConfig()
     if step < config.albedo_only_steps:
         return "albedo"
-    u_lit, u_textureless = _rand((2,), generator).tolist()
+    u_lit, u_textureless = rand((2,), generator, draw_device(generator, "cpu")).tolist()
     if u_lit >= config.lit_prob:
         return "albedo"
     return "textureless" if u_textureless < config.textureless_prob else "lambertian"

@@ -6,8 +6,8 @@ Two sampling paths feed the same field, shading and compositing (``nerfacc.rende
   ``samples_per_ray`` equal intervals between its entry and exit (clipped to ``[near, far]``); the field
   is queried at one point per interval, jittered inside it when training with ``stratified``. nerfacc's
   batched ``rendering()`` is pure PyTorch, so this runs anywhere. With the occupancy grid on, samples
-  in empty cells are not queried (density 0): on 2 CPU cores this cuts the field work about 3x for
-  the initial density blob.
+  in empty cells are not queried (density 0), which saves most of the field work around the
+  initial density blob.
 * **Packed (CUDA with the grid on)**: ``nerfacc.OccGridEstimator`` marches rays with a fixed
   ``render_step_size`` and skips cells its occupancy grid marks empty; samples are packed with
   ``ray_indices``. nerfacc's CUDA kernels (compiled on first use) are needed.
@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from msd3d.render.cameras import Cameras
 from msd3d.render.shading import ShadingConfig, default_light_positions, needs_light, needs_normals, shade
+from msd3d.rng import rand
 from msd3d.scene.background import Background
-from msd3d.scene.base import RadianceField
-from msd3d.scene.nerf import FieldSample
+from msd3d.scene.base import FieldSample, RadianceField
 
 GRID_MODES = ("auto", "true", "false")
 RAY_BOUNDS = ("aabb", "near_far")
@@ -229,11 +229,6 @@ def ray_aabb(rays_o: Tensor, rays_d: Tensor, bound: float) -> tuple[Tensor, Tens
     return t_enter, t_exit
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
 class VolumeRenderer(nn.Module):
     """Renders a radiance field and a background from a batch of cameras."""
 
@@ -265,6 +260,28 @@ class VolumeRenderer(nn.Module):
             )
         # whether the occupancy grid has been filled at least once (saved with checkpoints)
         self.register_buffer("grid_ready", torch.zeros((), dtype=torch.bool))
+
+    # ----------------------------------------------------------------------------------------------
+    # parameters
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by optimiser group, as the field and the background declare them.
+
+        A part without ``param_groups()`` puts all its parameters in "network".
+        """
+        groups: dict[str, list[nn.Parameter]] = {}
+        for part in (self.field, self.background):
+            declare = getattr(part, "param_groups", None)
+            if callable(declare):
+                part_groups = declare()
+            else:
+                part_groups = {"network": list(part.parameters())} if isinstance(part, nn.Module) else {}
+            for name, params in part_groups.items():
+                groups.setdefault(name, []).extend(params)
+        grouped = {id(p) for params in groups.values() for p in params}
+        missing = [name for name, p in self.named_parameters() if id(p) not in grouped]
+        if missing or len(grouped) != sum(len(v) for v in groups.values()):
+            raise ValueError(f"param_groups() must list every parameter exactly once; missing {missing}")
+        return groups
 
     # ----------------------------------------------------------------------------------------------
     # occupancy grid
@@ -511,7 +528,7 @@ class VolumeRenderer(nn.Module):
         t_near_h, length = t_near[hit, None], (t_far - t_near)[hit, None]
         t_starts = t_near_h + length * fractions[:-1]  # (n_hit, S)
         t_ends = t_near_h + length * fractions[1:]
-        u = _uniform((n_hit, s), generator, device) if stratified else torch.full((n_hit, s), 0.5, device=device)
+        u = rand((n_hit, s), generator, device) if stratified else torch.full((n_hit, s), 0.5, device=device)
         t_points = t_starts + u * (t_ends - t_starts)
         positions = (o[:, None, :] + t_points[..., None] * d[:, None, :]).reshape(-1, 3)  # (n_hit * S, 3)
         lights = None if ray_lights is None else ray_lights[hit].repeat_interleave(s, dim=0)
@@ -579,7 +596,7 @@ class VolumeRenderer(nn.Module):
         c = self.config
         t_min = None
         if stratified:  # nerfacc's per-ray jitter of the first sample, drawn from our generator
-            t_min = c.near + _uniform((n_rays,), generator, device) * self.render_step_size
+            t_min = c.near + rand((n_rays,), generator, device) * self.render_step_size
         ray_indices, t_starts, t_ends = self.estimator.sampling(
             rays_o.contiguous(),
             rays_d.contiguous(),

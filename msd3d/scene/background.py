@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from msd3d.scene.nerf import mlp
-
-BACKGROUND_TYPES = ("mlp", "solid", "random_solid")
+from msd3d.rng import draw_device, rand
+from msd3d.scene.components import mlp
+from msd3d.validation import check_choice, join
 
 
 @dataclass
@@ -32,9 +32,10 @@ class BackgroundConfig:
     hidden_layers: int = 2
     """Hidden layers of the MLP background."""
 
-    def validate(self) -> None:
-        if self.type not in BACKGROUND_TYPES:
-            raise ValueError(f"background.type must be one of {', '.join(BACKGROUND_TYPES)}, got {self.type!r}")
+    def validate(self, path: str = "background") -> None:
+        from msd3d.registry import BACKGROUNDS
+
+        check_choice(join(path, "type"), self.type, BACKGROUNDS.names())
         if len(self.color) != 3 or any(not 0.0 <= float(v) <= 1.0 for v in self.color):
             raise ValueError("background.color must be three values in [0, 1]")
         if self.frequencies < 0:
@@ -45,6 +46,10 @@ class BackgroundConfig:
 
 class Background(nn.Module):
     """``background(directions (..., 3)) -> colours (..., 3)`` in [0, 1]."""
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The MLP background's weights train at ``train.lr_network``."""
+        return {"network": list(self.parameters())}
 
     def __init__(self, config: BackgroundConfig | None = None) -> None:
         super().__init__()
@@ -76,8 +81,7 @@ class Background(nn.Module):
         randomize = self.training if randomize is None else randomize
         if c.type == "random_solid" and randomize:
             views = directions.shape[0] if directions.dim() > 1 else 1
-            device = generator.device if generator is not None else directions.device
-            colors = torch.rand(views, 3, generator=generator, device=device).to(directions)
+            colors = rand((views, 3), generator, draw_device(generator, directions)).to(directions)
             if directions.dim() == 1:
                 return colors[0]
             return colors.view(views, *([1] * (directions.dim() - 2)), 3).expand(*directions.shape[:-1], 3)

@@ -6,9 +6,19 @@ The renderer, the mesh exporter and the video renderer only use this interface, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
+
+
+@dataclass
+class FieldSample:
+    """Field values at N points (what a field's ``query`` returns); ``normals`` is None unless asked for."""
+
+    density: Tensor  # (N,)
+    albedo: Tensor  # (N, 3)
+    normals: Tensor | None = None  # (N, 3) unit, outward
 
 
 @runtime_checkable

@@ -1,18 +1,20 @@
 """Grid encodings of 3-D points built on ``torch.nn.functional.grid_sample``.
 
-Why grid_sample and not a hash grid: docs/design.md §6 measured a pure-PyTorch multi-resolution hash grid
-20x (GPU) to 100x (2 CPU cores) slower than ``grid_sample``-based grids of similar capacity, because
+Why grid_sample and not a hash grid: a pure-PyTorch multi-resolution hash grid is one to two orders of
+magnitude slower than ``grid_sample``-based grids of similar capacity (measurements: docs/design.md §6), because
 its gathers, hashing and scatter-add backward run as many small kernels. ``grid_sample`` is one fused
 kernel per call (forward and backward) on CPU and CUDA, and in current PyTorch it is twice
 differentiable, which analytic (autograd) normals need when they are trained through shading.
 
 Two encodings are provided:
 
+Each is registered by name in :data:`msd3d.registry.ENCODINGS` (``field.nerf.encoding``):
+
 * :class:`TriplaneEncoding` (the default): three axis-aligned feature planes (xy, xz, yz), optionally at
   several resolutions. A point's feature is the concatenation, over levels and planes, of the bilinearly
   interpolated plane features. Memory grows as R^2, so resolutions of 128-256 are cheap, and a 2-D
-  bilinear lookup is the fastest grid_sample variant (on 2 CPU cores, ~20 ms forward+backward for 50k
-  points at 3x64^2x8 versus ~120 ms for a hand-written gather-based bilinear lookup).
+  bilinear lookup is the fastest grid_sample variant (several times faster than a hand-written
+  gather-based bilinear lookup).
 * :class:`DenseGridEncoding`: multi-resolution dense 3-D feature volumes (trilinear). More expressive per
   level but memory grows as R^3, so resolutions stay small (32-64).
 
@@ -86,12 +88,10 @@ class DenseGridEncoding(nn.Module):
 
 
 def build_encoding(kind: str, resolutions: tuple[int, ...], features: int, init_std: float = 0.1) -> nn.Module:
-    """``"triplane"`` or ``"dense"`` encoding with the given per-level resolutions and feature count."""
-    if kind == "triplane":
-        return TriplaneEncoding(resolutions, features, init_std)
-    if kind == "dense":
-        return DenseGridEncoding(resolutions, features, init_std)
-    raise ValueError(f"unknown encoding {kind!r}; choose 'triplane' or 'dense'")
+    """The encoding registered as ``kind`` (msd3d.registry.ENCODINGS) with these per-level resolutions."""
+    from msd3d.registry import ENCODINGS
+
+    return ENCODINGS.factory(kind)(resolutions, features, init_std)
 
 
 @functools.lru_cache(maxsize=None)

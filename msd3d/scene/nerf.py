@@ -11,9 +11,8 @@ see :mod:`msd3d.scene.encodings` for why):
 * an albedo MLP with a sigmoid gives the base colour in ``[0, 1]``;
 * points outside the bound get zero density;
 * normals are ``-grad(density) / |grad(density)|`` (outward for a solid), by autograd ("analytic",
-  the default: grid_sample is twice differentiable in current PyTorch, and on 2 CPU cores a lit
-  64x64 render trains about 1.4x faster than with forward differences, which query the density at
-  4x the points) or by finite differences of the raw density. Both are differentiable with respect
+  the default: grid_sample is twice differentiable in current PyTorch, and it avoids forward
+  differences' density queries at 4x the points) or by finite differences of the raw density. Both are differentiable with respect
   to the field's parameters, so lit shading and the orientation loss shape the geometry.
 """
 
@@ -26,17 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msd3d.scene.base import FieldSample
+from msd3d.scene.components import DENSITY_ACTIVATIONS, density_activation, mlp
 from msd3d.scene.encodings import build_encoding, grid_sample_is_twice_differentiable
+from msd3d.validation import check_choice, check_range, join
 
-ENCODINGS = ("triplane", "dense")
-DENSITY_ACTIVATIONS = ("softplus", "exp", "trunc_exp")
 BLOB_SHAPES = ("linear", "gaussian", "none")
 NORMAL_METHODS = ("finite_difference", "analytic")
 FINITE_DIFFERENCES = ("forward", "central")
 
 
 @dataclass
-class FieldConfig:
+class NeRFConfig:
     """The NeRF's encoding, MLPs, density initialisation and normals."""
 
     encoding: str = "triplane"
@@ -63,104 +63,41 @@ class FieldConfig:
     blob_radius: float = 0.5
     """Radius (world units) of the initial density blob."""
     normals: str = "analytic"
-    """"analytic" (autograd through the encoding; about 1.4x cheaper than forward differences on CPU
-    when trained through) or "finite_difference". Analytic falls back to finite differences, with a
-    warning, where PyTorch cannot differentiate grid_sample twice."""
+    """"analytic" (autograd through the encoding; fewer density queries than finite differences) or
+    "finite_difference". Analytic falls back to finite differences, with a warning, where PyTorch
+    cannot differentiate grid_sample twice."""
     finite_difference: str = "forward"
     """"forward" (3 extra density queries per point) or "central" (6, more accurate)."""
     normal_eps: float = 0.01
     """Finite-difference step in world units (about a grid cell of the finest level is a good choice)."""
 
-    def validate(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"field.encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}")
+    def validate(self, path: str = "field.nerf") -> None:
+        from msd3d.registry import ENCODINGS
+
+        k = lambda name: join(path, name)  # noqa: E731 - the full dotted key of a setting
+        check_choice(k("encoding"), self.encoding, ENCODINGS.names())
         if len(self.resolutions) == 0 or any(int(r) < 2 for r in self.resolutions):
-            raise ValueError("field.resolutions must list at least one resolution, each at least 2")
-        if self.features < 1:
-            raise ValueError("field.features must be at least 1")
-        if self.init_std < 0:
-            raise ValueError("field.init_std must be non-negative")
-        if self.hidden_dim < 1:
-            raise ValueError("field.hidden_dim must be at least 1")
-        if self.hidden_layers < 0:
-            raise ValueError("field.hidden_layers must be non-negative")
-        if self.bound <= 0:
-            raise ValueError("field.bound must be positive")
-        if self.density_activation not in DENSITY_ACTIVATIONS:
-            raise ValueError(
-                f"field.density_activation must be one of {', '.join(DENSITY_ACTIVATIONS)}, "
-                f"got {self.density_activation!r}"
-            )
-        if self.blob_shape not in BLOB_SHAPES:
-            raise ValueError(f"field.blob_shape must be one of {', '.join(BLOB_SHAPES)}, got {self.blob_shape!r}")
-        if self.blob_shape != "none" and self.blob_radius <= 0:
-            raise ValueError("field.blob_radius must be positive")
-        if self.normals not in NORMAL_METHODS:
-            raise ValueError(f"field.normals must be one of {', '.join(NORMAL_METHODS)}, got {self.normals!r}")
-        if self.finite_difference not in FINITE_DIFFERENCES:
-            raise ValueError(
-                f"field.finite_difference must be one of {', '.join(FINITE_DIFFERENCES)}, "
-                f"got {self.finite_difference!r}"
-            )
-        if self.normal_eps <= 0:
-            raise ValueError("field.normal_eps must be positive")
-
-
-class _TruncExp(torch.autograd.Function):
-    """exp(x) whose backward clamps x at 15 (torch-ngp), avoiding overflowing gradients."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.exp(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return grad * torch.exp(x.clamp(max=15.0))
-
-
-def trunc_exp(x: Tensor) -> Tensor:
-    return _TruncExp.apply(x)
-
-
-def density_activation(name: str, raw: Tensor) -> Tensor:
-    """Non-negative density from a raw density."""
-    if name == "softplus":
-        return F.softplus(raw)
-    if name == "exp":
-        return torch.exp(raw)
-    if name == "trunc_exp":
-        return trunc_exp(raw)
-    raise ValueError(f"unknown density activation {name!r}")
-
-
-def mlp(in_dim: int, hidden_dim: int, hidden_layers: int, out_dim: int) -> nn.Sequential:
-    """A ReLU MLP with ``hidden_layers`` hidden layers of width ``hidden_dim``."""
-    layers: list[nn.Module] = []
-    dim = in_dim
-    for _ in range(hidden_layers):
-        layers += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
-        dim = hidden_dim
-    layers.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*layers)
-
-
-@dataclass
-class FieldSample:
-    """Field values at N points; ``normals`` is None unless asked for."""
-
-    density: Tensor  # (N,)
-    albedo: Tensor  # (N, 3)
-    normals: Tensor | None = None  # (N, 3) unit, outward
+            raise ValueError(f"{k('resolutions')} must list at least one resolution, each at least 2")
+        check_range(k("features"), self.features, 1)
+        check_range(k("init_std"), self.init_std, 0)
+        check_range(k("hidden_dim"), self.hidden_dim, 1)
+        check_range(k("hidden_layers"), self.hidden_layers, 0)
+        check_range(k("bound"), self.bound, 0, low_open=True)
+        check_choice(k("density_activation"), self.density_activation, DENSITY_ACTIVATIONS)
+        check_choice(k("blob_shape"), self.blob_shape, BLOB_SHAPES)
+        if self.blob_shape != "none":
+            check_range(k("blob_radius"), self.blob_radius, 0, low_open=True)
+        check_choice(k("normals"), self.normals, NORMAL_METHODS)
+        check_choice(k("finite_difference"), self.finite_difference, FINITE_DIFFERENCES)
+        check_range(k("normal_eps"), self.normal_eps, 0, low_open=True)
 
 
 class NeRFField(nn.Module):
     """A :class:`~msd3d.scene.base.RadianceField`: density and albedo inside ``[-bound, bound]^3``."""
 
-    def __init__(self, config: FieldConfig | None = None) -> None:
+    def __init__(self, config: NeRFConfig | None = None) -> None:
         super().__init__()
-        self.config = config or FieldConfig()
+        self.config = config or NeRFConfig()
         self.config.validate()
         c = self.config
         self.bound = float(c.bound)
@@ -168,6 +105,12 @@ class NeRFField(nn.Module):
         self.density_mlp = mlp(self.encoding.output_dim, c.hidden_dim, c.hidden_layers, 1)
         self.albedo_mlp = mlp(self.encoding.output_dim, c.hidden_dim, c.hidden_layers, 3)
         self._warned_fallback = False
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by optimiser group: "encoding" (the grids, ``train.lr``) and "network" (the MLPs,
+        ``train.lr_network``)."""
+        encoding = list(self.encoding.parameters())
+        return {"encoding": encoding, "network": [*self.density_mlp.parameters(), *self.albedo_mlp.parameters()]}
 
     # ----------------------------------------------------------------------------------------------
     # building blocks
@@ -187,11 +130,6 @@ class NeRFField(nn.Module):
 
     def _raw_density(self, points: Tensor, features: Tensor) -> Tensor:
         return self.density_mlp(features).squeeze(-1) + self.density_bias(points)
-
-    def raw_density(self, points: Tensor) -> Tensor:
-        """Pre-activation density (..., ) at points (..., 3), blob included, not masked by the bound."""
-        flat = points.reshape(-1, 3)
-        return self._raw_density(flat, self._features(flat)).reshape(points.shape[:-1])
 
     def _inside(self, points: Tensor) -> Tensor:
         return (points.abs() <= self.bound).all(dim=-1)
@@ -262,7 +200,7 @@ class NeRFField(nn.Module):
         if train_through and not grid_sample_is_twice_differentiable(points.device.type):
             if not self._warned_fallback:
                 warnings.warn(
-                    "field.normals=analytic needs grid_sample's second derivative, which this PyTorch build "
+                    "field.nerf.normals=analytic needs grid_sample's second derivative, which this PyTorch build "
                     f"lacks on {points.device.type}; using finite differences instead",
                     stacklevel=2,
                 )

@@ -18,7 +18,7 @@ The prior is Stable Diffusion with random weights (``random_weights="tiny"`` for
 (``model``), or whatever the recipe names (e.g. the oracle, for CPU speed). It is built once and
 shared by every method; each method gets a fresh :class:`~msd3d.train.Trainer` (``prior=``).
 
-    from msd3d.bench import BenchConfig, run_bench
+    from msd3d.workflows.benchmark import BenchConfig, run_bench
     report = run_bench(BenchConfig(random_weights="tiny", steps=2, warmup=1, device="cpu"))
     print(report.rows[0].ms_step, report.rows[0].calls_per_step)
 """
@@ -38,14 +38,14 @@ import torch
 
 from msd3d.config import RunConfig, load_config, resolve_recipe
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_write_json
-from msd3d.guidance import GUIDANCE_METHODS
+from msd3d.atomic_io import atomic_write_json
 from msd3d.priors.base import DiffusionPrior
+from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts
 from msd3d.device import resolve_device
 from msd3d.train import Trainer
 
-METHODS = tuple(GUIDANCE_METHODS)
+METHODS = GUIDANCE.names()
 RANDOM_ARCHITECTURES = ("tiny", "sd21")
 DTYPE_NAMES = ("auto", "fp16", "bf16", "fp32")
 #: VAE input size of the tiny random architecture unless overridden (its VAE is for tests, not 512 px).
@@ -106,6 +106,8 @@ class BenchConfig:
             raise ValueError("bench.warmup must be at least 1 with compilation (the first steps compile)")
         if self.resolution < 8 or self.batch < 1:
             raise ValueError("bench.resolution must be at least 8 and bench.batch at least 1")
+        if self.start_step < 0:
+            raise ValueError("bench.start_step must be non-negative")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"bench.dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         if self.start_step < 0:

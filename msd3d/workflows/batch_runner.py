@@ -1,19 +1,8 @@
 """Batch runs: many prompts from one YAML file, each trained into its own run directory.
 
-A batch file lists prompts, each with optional settings, plus ``defaults`` shared by every entry::
-
-    defaults:                      # optional; any entry key except prompt and out
-      config: msd-oracle           # recipe name, or a YAML path relative to the batch file
-      steps: 2000
-      overrides: [render.resolution=64]
-    prompts:                       # required, non-empty; entries are numbered from 0
-      - a red mushroom             # a plain string is {prompt: ...}
-      - prompt: a donut
-        seed: 3
-        overrides: {guidance.msd.guidance_scale: 7.5}
-
-Precedence for one entry (later wins): recipe < defaults' flags (prior, guidance, seed, steps,
-model, device) < defaults' overrides < the entry's flags < the entry's overrides < ``--device``.
+The batch file format (entry keys, ``defaults``, precedence) is documented once, in the commented
+``configs/batches/example.yaml`` (README.md shows a short example); :data:`ENTRY_KEYS` below is what
+the parser accepts.
 
 What fails where:
 
@@ -46,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from msd3d.config import RunConfig, check_text, load_config, resolve_recipe, slugify
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.export.atomic import atomic_write_text
+from msd3d.atomic_io import atomic_write_text
 
 __all__ = [
     "ENTRY_KEYS",
@@ -531,7 +520,7 @@ def run_batch(
     invocation resume it), the rest as "not run", and ``BatchResult.interrupted`` is set.
     ``on_result`` is called after each entry (e.g. to rewrite the summary files as it goes).
     """
-    from msd3d.generate import generate
+    from msd3d.workflows.text_to_3d import generate
     from msd3d.train import TrainingInterrupted
 
     results: list[EntryResult] = []

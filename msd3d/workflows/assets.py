@@ -114,7 +114,7 @@ def write_turntable(
 ) -> dict[str, Any]:
     """Render the turntable (framed by ``config.fill``) and write it atomically to ``path``.
 
-    ``progress``: a running :func:`msd3d.progress.make_progress` display to show the frames in
+    ``progress``: a running :func:`msd3d.progress_bar.make_progress` display to show the frames in
     (default: a bar of its own when ``show_progress``)."""
     framed, target = frame_turntable(renderer.field, config)
     frames = render_turntable(

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from msd3d.assets import write_mesh, write_turntable
+from msd3d.workflows.assets import write_mesh, write_turntable
 from msd3d.config import RunConfig, slugify
 from msd3d.errors import DiskFullError, Msd3dError
 from msd3d.priors.base import DiffusionPrior
-from msd3d.progress import make_progress
+from msd3d.progress_bar import make_progress
 from msd3d.report import SCORES_NAME, write_run_report
 from msd3d.run_dir import MetricsLog, RunDir, write_json
 from msd3d.train import Trainer, interrupt_on_signals
@@ -127,7 +127,7 @@ def finish(
     trainer: Trainer, show_progress: bool = True, log: Callable[[str], None] = print, progress: Any | None = None
 ) -> dict[str, Any]:
     """Scores, final validation render, mesh and video for a trained run; each stage shows progress
-    (in ``progress``, a running :func:`~msd3d.progress.make_progress` display, or a new one)."""
+    (in ``progress``, a running :func:`~msd3d.progress_bar.make_progress` display, or a new one)."""
     if progress is None:
         with make_progress(show_progress) as progress:
             return finish(trainer, show_progress=show_progress, log=log, progress=progress)
