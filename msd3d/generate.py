@@ -43,6 +43,10 @@ def generate(
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     if not resume:
         check_fresh(run_dir)
+    if prior is None and config.prior.name == "sd":
+        from msd3d.priors.stable_diffusion import check_available
+
+        check_available(config.prior.sd)  # no weights, no network: one line now, not after the scene is built
     trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
     if resume:
         trainer.resume()
