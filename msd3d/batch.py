@@ -40,9 +40,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from msd3d.config import RunConfig, load_config, resolve_recipe, slugify
+from msd3d.config import RunConfig, load_config, resolve_recipe
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.export.atomic import atomic_write_text
+from msd3d.naming import run_name
 
 __all__ = [
     "ENTRY_KEYS",
@@ -323,9 +324,18 @@ def _resolve_entry(batch: BatchFile, entry: BatchEntry, root: Path, device: str 
         run_dir = Path(out).expanduser()
         run_dir = run_dir if run_dir.is_absolute() else root / run_dir
     else:
-        run_dir = root / f"{slugify(entry.prompt)}-{config.seed}"
+        run_dir = root / run_name(entry.prompt, config.guidance.name, config.prior.name, config.seed)
     config.out = str(run_dir)
     return config, run_dir
+
+
+def check_prompt(config: RunConfig) -> None:
+    """Raise :class:`Msd3dError` when the prior cannot take ``config.prompt`` (the oracle knows only its
+    catalogue), so a bad entry fails in the plan (and ``--dry-run``), not after earlier entries trained."""
+    if config.prior.name == "oracle":
+        from msd3d.priors.catalogue import match_family
+
+        match_family(config.prompt)
 
 
 def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
@@ -358,6 +368,7 @@ def plan_batch(
         if entry.error is None:
             try:
                 item.config, item.run_dir = _resolve_entry(batch, entry, root, device)
+                check_prompt(item.config)
             except Msd3dError as exc:
                 item.error = f"entry {entry.index}: {exc}"
         if item.run_dir is not None:

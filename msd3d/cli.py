@@ -15,6 +15,7 @@ import typer
 from msd3d.commands import user_errors
 from msd3d.commands.batch import batch
 from msd3d.commands.bench import bench
+from msd3d.commands.download import download
 from msd3d.commands.export import export
 from msd3d.commands.render import render
 from msd3d.commands.toy2d import toy2d
@@ -25,6 +26,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Text-to-3D with mean-shift distillation (MSD) on Stable Diffusion.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from msd3d import __version__
+
+        typer.echo(f"msd3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Text-to-3D with mean-shift distillation (MSD) on Stable Diffusion."""
 
 
 def _split_prompt_and_overrides(prompt: Optional[str], overrides: Optional[List[str]]) -> tuple[Optional[str], list[str]]:
@@ -44,7 +62,9 @@ def generate(
     guidance: Optional[str] = typer.Option(None, help="msd, sds or sdi."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (train.steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default outputs/<prompt-slug>-<seed>)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run directory (default outputs/<prompt-slug>-<guidance>-<prior>-<seed>)."
+    ),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
     model: Optional[str] = typer.Option(None, help="Stable Diffusion hub id or local folder (prior.sd.model)."),
@@ -130,6 +150,7 @@ app.command("render")(render)
 app.command("batch")(batch)
 app.command("toy2d")(toy2d)
 app.command("bench")(bench)
+app.command("download")(download)
 
 
 def main() -> None:  # pragma: no cover - console entry

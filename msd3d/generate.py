@@ -7,25 +7,56 @@ from pathlib import Path
 from typing import Any, Callable
 
 from msd3d.assets import write_mesh, write_turntable
-from msd3d.config import RunConfig, slugify
+from msd3d.config import RunConfig
 from msd3d.errors import Msd3dError
+from msd3d.naming import run_name
 from msd3d.priors.base import DiffusionPrior
 from msd3d.run_dir import RunDir, write_json
 from msd3d.train import Trainer
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """``config.out``, or ``outputs/<prompt-slug>-<seed>``."""
-    return Path(config.out) if config.out else Path("outputs") / f"{slugify(config.prompt)}-{config.seed}"
+    """``config.out``, or ``outputs/<prompt-slug>-<guidance>-<prior>-<seed>`` (:func:`run_name`)."""
+    if config.out:
+        return Path(config.out)
+    return Path("outputs") / run_name(config.prompt, config.guidance.name, config.prior.name, config.seed)
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Refuse to start over a run that has a checkpoint: that would lose work."""
+def _existing_run(run: RunDir) -> dict[str, Any]:
+    """Prompt, guidance and prior of the run already in a folder (empty when unreadable)."""
+    try:
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(OmegaConf.load(run.config))
+        return {
+            "prompt": data.get("prompt"),
+            "guidance": (data.get("guidance") or {}).get("name"),
+            "prior": (data.get("prior") or {}).get("name"),
+            "seed": data.get("seed"),
+        }
+    except Exception:
+        return {}
+
+
+def check_fresh(run_dir: Path, config: RunConfig | None = None) -> None:
+    """Refuse to start over a run that has a checkpoint: that would lose work. ``--resume`` is offered
+    only when the run there is the same job (prompt, guidance, prior, seed) as ``config``."""
     run = RunDir(run_dir)
-    if run.checkpoint.is_file():
+    if not run.checkpoint.is_file():
+        return
+    other = _existing_run(run)
+    same = config is not None and other == {
+        "prompt": config.prompt, "guidance": config.guidance.name, "prior": config.prior.name, "seed": config.seed,
+    }
+    if same:
         raise Msd3dError(
-            f"{str(run_dir)!r} already holds a run; continue it with --resume {run_dir} or choose another --out"
+            f"{str(run_dir)!r} already holds this run; continue it with --resume {run_dir} or choose another --out"
         )
+    what = (
+        f"a {other['guidance']} run on the {other['prior']} prior of {other['prompt']!r} (seed {other['seed']})"
+        if other.get("guidance") else "another run"
+    )
+    raise Msd3dError(f"{str(run_dir)!r} already holds {what}; choose another --out for this one")
 
 
 def generate(
@@ -41,8 +72,10 @@ def generate(
     Returns the summary that is also written to ``summary.json``.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise Msd3dError(f"run directory {str(run_dir)!r} is a file, not a folder; pass a new folder with --out")
     if not resume:
-        check_fresh(run_dir)
+        check_fresh(run_dir, config)
     if prior is None and config.prior.name == "sd":
         from msd3d.priors.stable_diffusion import check_available
 

@@ -433,21 +433,36 @@ def _hub_failure(err: BaseException) -> str:
     return f"loading failed ({_first_line(err)})"
 
 
+def weights_variant(source: str, local: bool, revision: str | None = None) -> str | None:
+    """``"fp16"`` when the folder / cached hub model has only fp16 variant weights (what
+    ``msd3d download`` fetches where the repo has them), else None (the full-precision files)."""
+    def has(name: str) -> bool:
+        return (Path(source) / name).is_file() if local else _cached_file(source, name, revision)
+
+    if has("unet/diffusion_pytorch_model.safetensors") or has("unet/diffusion_pytorch_model.bin"):
+        return None
+    if has("unet/diffusion_pytorch_model.fp16.safetensors") or has("unet/diffusion_pytorch_model.fp16.bin"):
+        return "fp16"
+    return None
+
+
 def _load(source: str, dtype: torch.dtype, **common: Any) -> dict[str, Any]:
+    variant = weights_variant(source, Path(source).is_dir(), common.get("revision"))
     with quiet_hub_logs():
-        return _load_components(source, dtype, common)
+        return _load_components(source, dtype, common, variant)
 
 
-def _load_components(source: str, dtype: torch.dtype, common: dict[str, Any]) -> dict[str, Any]:
+def _load_components(source: str, dtype: torch.dtype, common: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    weights = {**common, "variant": variant} if variant else common
     # the smallest file first, so a missing model fails before any large download
     scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", **common)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **weights)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **weights)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **weights)
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder,
