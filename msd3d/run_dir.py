@@ -1,7 +1,7 @@
 """The layout of a run directory, and reading/writing what lives in it.
 
 ```
-outputs/<prompt-slug>-<seed>/
+outputs/<prompt-slug>-<guidance>-<prior>-<seed>/
   config.yaml          the resolved configuration (what --resume, export and render read)
   metrics.jsonl        one JSON object per logged step
   summary.json         final numbers: steps, wall time, it/s, skipped steps, scores, output paths
