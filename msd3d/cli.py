@@ -67,7 +67,9 @@ def generate(
     ),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    model: Optional[str] = typer.Option(None, help="Stable Diffusion hub id or local folder (prior.sd.model)."),
+    model: Optional[str] = typer.Option(
+        None, help="Stable Diffusion hub id, local diffusers folder or .safetensors/.ckpt file (prior.sd.model)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Optimise a 3-D asset for PROMPT; writes checkpoints, metrics, mesh and turntable to a run directory."""

@@ -77,8 +77,10 @@ def generate(
     if not resume:
         check_fresh(run_dir, config)
     if prior is None and config.prior.name == "sd":
+        from msd3d.device import resolve_device
         from msd3d.priors.stable_diffusion import check_available
 
+        resolve_device(config.device)  # a bad --device is named first, as before
         check_available(config.prior.sd)  # no weights, no network: one line now, not after the scene is built
     trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
     if resume:
