@@ -14,6 +14,7 @@ from msd3d.commands.batch import batch
 from msd3d.commands.bench import bench
 from msd3d.commands.catalogue import catalogue
 from msd3d.commands.config import show_config
+from msd3d.commands.download import download
 from msd3d.commands.export import export
 from msd3d.commands.generate import generate
 from msd3d.commands.render import render
@@ -27,6 +28,25 @@ app = typer.Typer(
     help="Text-to-3D with mean-shift distillation (MSD) on Stable Diffusion.",
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from msd3d import __version__
+
+        typer.echo(f"msd3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Text-to-3D with mean-shift distillation (MSD) on Stable Diffusion."""
+
+
 app.command("generate")(generate)
 app.command("config")(show_config)
 app.command("catalogue")(catalogue)
@@ -36,6 +56,7 @@ app.command("batch")(batch)
 app.command("toy2d")(toy2d)
 app.command("bench")(bench)
 app.command("report")(report)
+app.command("download")(download)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -11,6 +11,7 @@ environment value can leak into ``config.yaml``).
 
 from __future__ import annotations
 
+import difflib
 import dataclasses
 import inspect
 import math
@@ -120,7 +121,7 @@ class RunConfig:
     device: str = "auto"
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     out: str = ""
-    """Run directory; empty means ``outputs/<prompt-slug>-<seed>``."""
+    """Run directory; empty means ``outputs/<prompt-slug>-<guidance>-<prior>-<seed>``."""
     view_dependent_prompts: bool = True
     """Append ", front view" / ", side view" / ... to the prompt per camera (DreamFusion)."""
     prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
@@ -233,19 +234,62 @@ def printable(text: str) -> str:
 # loading
 
 
-def _one_line(exc: OmegaConfBaseException) -> str:
+def _one_line(exc: OmegaConfBaseException, base: DictConfig | None = None) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0].strip()
     if "not in" in msg or "Key '" in msg and "not" in msg:
-        return f"unknown config key {key!r}: check the spelling against the README's config reference"
+        return f"unknown config key {key!r}{_did_you_mean(base, key)}: check the spelling against the README's config reference"
     return f"bad value for config key {key!r}: {msg}"
+
+
+def _did_you_mean(base: DictConfig | None, key: str | None) -> str:
+    """`` (did you mean 'train.steps'?)`` for a misspelt dotted ``key``, from its section's keys."""
+    if base is None or not key:
+        return ""
+    parent, _, name = str(key).rpartition(".")
+    section = OmegaConf.select(base, parent) if parent else base
+    if not isinstance(section, DictConfig):
+        return ""
+    prefix = parent + "." if parent else ""
+    close = difflib.get_close_matches(name, [str(k) for k in section.keys()], n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix + close[0]!r}?)"
+    # a key that moved one level down, e.g. ``field.bound`` -> ``field.nerf.bound`` (field types)
+    for sub, node in section.items():
+        if isinstance(node, DictConfig) and name in node:
+            return f" (did you mean {prefix + str(sub) + '.' + name!r}?)"
+    return ""
+
+
+def _scalar_over_section(base: DictConfig, other: Any, prefix: str = "") -> str | None:
+    """The dotted key where ``other`` sets a plain value on a section of ``base`` (``train=5``), if any."""
+    if not isinstance(other, (dict, DictConfig)):
+        return None
+    for name, value in other.items():
+        node = base.get(name) if name in base else None
+        if not isinstance(node, DictConfig):
+            continue
+        path = f"{prefix}{name}"
+        if not isinstance(value, (dict, DictConfig)):
+            return path
+        found = _scalar_over_section(node, value, path + ".")
+        if found:
+            return found
+    return None
 
 
 def _merge(base: DictConfig, other: DictConfig | dict, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{_one_line(exc)} (in {source})") from None
+        section = _scalar_over_section(base, other)
+        if section is not None:
+            keys = ", ".join(str(k) for k in list(OmegaConf.select(base, section).keys())[:4])
+            raise ConfigError(
+                f"config key {section!r} is a section, not a value: set one of its keys instead, "
+                f"e.g. {section}.<key>=... (its keys: {keys}, ...) (in {source})"
+            ) from None
+        raise ConfigError(f"{_one_line(exc, base)} (in {source})") from None
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -390,7 +434,3 @@ def to_yaml(run: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(run))
 
 
-def slugify(text: str, max_len: int = 48) -> str:
-    """``"A Red Mushroom!"`` -> ``"a-red-mushroom"``: safe for folder names."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (slug[:max_len].rstrip("-")) or "run"

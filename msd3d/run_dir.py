@@ -30,7 +30,7 @@ from msd3d.run_lock import LOCK_NAME, RunLock
 
 #: The one description of a run directory; README.md's "Output layout" shows it verbatim (tests/test_docs.py).
 RUN_LAYOUT = """\
-outputs/<prompt-slug>-<seed>/
+outputs/<prompt-slug>-<guidance>-<prior>-<seed>/
   config.yaml          the fully resolved configuration (read by --resume, export, render)
   metrics.jsonl        one JSON line per logged step: loss terms, lambda / t, it/s, denoiser calls
   summary.json         steps, wall time, it/s, skipped steps, scores (oracle), mesh and video paths

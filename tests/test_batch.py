@@ -46,7 +46,8 @@ def make_app() -> typer.Typer:
 
 
 def invoke(*args: object):
-    return runner.invoke(make_app(), ["batch", *[str(a) for a in args]])
+    # wide enough that run directories (<slug>-<guidance>-<prior>-<seed>) are not wrapped in the tables
+    return runner.invoke(make_app(), ["batch", *[str(a) for a in args]], env={"COLUMNS": "200"})
 
 
 def write_batch(folder: Path, text: str, name: str = "batch.yaml") -> Path:
@@ -142,7 +143,7 @@ prompts:
     assert all(p.config.seed == 3 for p in plan if p.config is not None)
     assert plan[2].config.mesh.formats == ("obj", "glb")
     assert plan[2].config.negative_prompt == "1e-3"  # a string stays a string
-    assert plan[0].run_dir == tmp_path / "root" / "a-donut-3"
+    assert plan[0].run_dir == tmp_path / "root" / "a-donut-msd-oracle-3"
     assert plan[3].run_dir == tmp_path / "root" / "custom" / "tree"
     assert plan[0].config.out == str(plan[0].run_dir) and plan[0].config.prompt == "a donut"
     assert all(p.config.device == "cpu" for p in plan if p.config is not None)
@@ -170,11 +171,11 @@ def test_shard_selects_every_nth_entry_and_dry_run_lists_them(tmp_path):
 
     result = invoke(path, "--out", tmp_path / "root", "--dry-run", "--shard", "1/2")
     assert result.exit_code == 0, result.output
-    assert "a-lamp-0" in result.stdout and "a-house-0" in result.stdout
-    assert "a-mug-0" not in result.stdout and "a-tree-0" not in result.stdout
+    assert "a-lamp-msd-oracle-0" in result.stdout and "a-house-msd-oracle-0" in result.stdout
+    assert "a-mug-msd-oracle-0" not in result.stdout and "a-tree-msd-oracle-0" not in result.stdout
     result = invoke(path, "--out", tmp_path / "root", "--dry-run", "--shard", "0/2")
     assert result.exit_code == 1  # a dry run that meets an invalid entry (entry 4) says so
-    assert "a-mug-0" in result.stdout and "stpes" in result.stdout
+    assert "a-mug-msd-oracle-0" in result.stdout and "stpes" in result.stdout
     assert not (tmp_path / "root").exists()  # a dry run writes nothing
 
 
@@ -190,7 +191,7 @@ def test_failures_are_recorded_and_finished_entries_skipped(tmp_path):
 defaults: {config: tiny.yaml}
 prompts:
   - a red mushroom
-  - a flying teapot                   # not in the oracle's catalogue: fails at the first step
+  - a flying teapot                   # not in the oracle's catalogue: fails in the plan, trains nothing
   - {prompt: a donut, seed: 2, overrides: {train.steps: 3}}
   - {prompt: a chair, stpes: 4}
 """,
@@ -212,17 +213,17 @@ prompts:
 
     mushroom, donut = document["entries"][0], document["entries"][2]
     assert (mushroom["steps"], donut["steps"]) == (4, 3)
-    run_summary = json.loads((root / "a-red-mushroom-0" / "summary.json").read_text())
+    run_summary = json.loads((root / "a-red-mushroom-msd-oracle-0" / "summary.json").read_text())
     assert mushroom["mode_psnr"] == run_summary["scores"]["mode_psnr"]
     assert mushroom["blend_psnr"] == run_summary["scores"]["blend_psnr"]
     assert float(rows[0]["mode_psnr"]) == pytest.approx(mushroom["mode_psnr"])
-    assert mushroom["mesh"] == [str(root / "a-red-mushroom-0" / "mesh.ply")]
+    assert mushroom["mesh"] == [str(root / "a-red-mushroom-msd-oracle-0" / "mesh.ply")]
     assert Path(mushroom["video"]).is_file() and Path(mushroom["mesh"][0]).is_file()
     assert rows[0]["mesh"] == mushroom["mesh"][0]
     assert mushroom["seconds"] > 0 and mushroom["train_seconds"] > 0
     assert "batch finished" in result.stdout and "2 ok, 2 failed" in result.stdout and "summary:" in result.stdout
 
-    checkpoints = [root / "a-red-mushroom-0" / "checkpoints" / "last.pt", root / "a-donut-2" / "checkpoints" / "last.pt"]
+    checkpoints = [root / "a-red-mushroom-msd-oracle-0" / "checkpoints" / "last.pt", root / "a-donut-msd-oracle-2" / "checkpoints" / "last.pt"]
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
 
     again = invoke(path, "--out", root, "-q")

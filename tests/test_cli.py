@@ -76,7 +76,7 @@ def test_generate_oracle_and_resume(tmp_path, tiny_run_overrides):
     # starting again over the same folder would lose work: refused
     code, _, err = _run(["generate", "a donut", "--prior", "oracle", "--steps", "2", "--out", str(out), "-q",
                          *tiny_run_overrides])
-    assert code == 2 and "already holds a run" in err and "--resume" in err
+    assert code == 2 and "already holds this run" in err and "--resume" in err
     # resume with more steps continues from step 2
     code, _, err = _run(["generate", "--resume", str(out), "train.steps=3", "-q"])
     assert code == 0, err

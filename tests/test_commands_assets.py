@@ -271,3 +271,13 @@ def test_export_and_render_never_load_a_diffusion_model(run_dir, tmp_path):
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"codes": [0, 0], "priors_built": [], "heavy_modules": []}
     assert (tmp_path / "mesh.ply").is_file() and (tmp_path / "turntable.mp4").is_file()
+
+
+def test_export_out_that_is_a_file_is_one_line(run_dir, tmp_path):
+    target = tmp_path / "mesh.obj"
+    target.write_text("keep me")
+    result = invoke("export", run_dir, "--out", target, "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out") and "is a file" in lines[0]
+    assert target.read_text() == "keep me"

@@ -227,5 +227,5 @@ prompts:
     assert result.exit_code == 1, result.output  # one entry failed
     parsed = check_offline_page(root / "index.html")
     assert parsed.count("div", "card") == 2
-    assert "a-red-mushroom-0/report.html" in {url for _, url in parsed.urls}
-    check_offline_page(root / "a-red-mushroom-0" / "report.html")
+    assert "a-red-mushroom-msd-oracle-0/report.html" in {url for _, url in parsed.urls}
+    check_offline_page(root / "a-red-mushroom-msd-oracle-0" / "report.html")

@@ -275,7 +275,7 @@ def test_batch_tables_never_print_control_characters(tmp_path, recipe):
         ("train.lr=nan", "train.lr"),
         ("train.lr=inf", "train.lr"),
         ("train.lr_network=-inf", "train.lr_network"),
-        ("field.bound=nan", "field.bound"),
+        ("field.nerf.bound=nan", "field.nerf.bound"),
         ("train.betas=[0.9,1.0]", "train.betas"),
         ("train.betas=[1.5,0.99]", "train.betas"),
         ("train.adam_eps=nan", "train.adam_eps"),

@@ -223,7 +223,7 @@ def test_offline_hub_id_raises_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = "msd3d-tests/sd-model-that-is-never-cached"  # a real id could sit in this machine's cache
     message = _load_error(model)
-    assert "offline" in message and f"huggingface-cli download {model}" in message
+    assert "offline" in message and f"hf download {model}" in message and "huggingface-cli" not in message
 
 
 def test_config_validation():

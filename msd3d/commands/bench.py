@@ -5,6 +5,7 @@ are imported inside the command, so ``msd3d --help`` stays instant. Every input 
 problem exits with status 2 and one line on stderr starting with ``error:``.
 
     msd3d bench --random-weights tiny --device cpu                    # CPU smoke check
+    msd3d bench -c msd-oracle --device cpu                            # the offline oracle recipe
     msd3d bench --random-weights sd21 --compile --json bench.json     # the real architecture on a GPU
 """
 
@@ -40,7 +41,9 @@ def bench(
     ] = ",".join(GUIDANCE),
     steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
-    resolution: Annotated[int, typer.Option(help="Training render size, H = W (render.resolution).")] = 64,
+    resolution: Annotated[
+        Optional[int], typer.Option(help="Training render size, H = W (default: the recipe's render.resolution).")
+    ] = None,
     batch: Annotated[int, typer.Option(help="Views per step (camera.batch_size).")] = 1,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="Model dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32.")] = "auto",
@@ -60,9 +63,10 @@ def bench(
     config: Annotated[
         Optional[str], typer.Option("--config", "-c", help="Recipe YAML path or shipped name (default msd-sd).")
     ] = None,
-    prompt: Annotated[str, typer.Option(help="Prompt of the benchmarked run (the text is not timed).")] = (
-        "a DSLR photo of a delicious hamburger"
-    ),
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(help="Prompt of the benchmarked run (not timed; default: a hamburger, on the oracle a red mushroom)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     start_step: Annotated[int, typer.Option(help="Training step of the first warm-up step (schedules follow it).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,

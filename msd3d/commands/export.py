@@ -88,6 +88,10 @@ def export(
 
         t0 = time.perf_counter()
         chosen = parse_choices(formats, MESH_FORMATS, "--format")
+        if out is not None and out.exists() and not out.is_dir():
+            raise Msd3dError(
+                f"--out {str(out)!r} is a file; pass a folder (the mesh is written as <out>/<stem>.<format>)"
+            )
         if not stem or "/" in stem or "\\" in stem or stem in (".", ".."):
             raise Msd3dError(f"--stem {stem!r} must be a plain file name without folders, e.g. mesh")
         changes = {

@@ -27,10 +27,10 @@ def generate(
     guidance: Optional[str] = typer.Option(None, help=f"The guidance method: {GUIDANCE.help()}."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (train.steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default outputs/<prompt-slug>-<seed>)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default outputs/<prompt-slug>-<guidance>-<prior>-<seed>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    model: Optional[str] = typer.Option(None, help="Stable Diffusion hub id or local folder (prior.sd.model)."),
+    model: Optional[str] = typer.Option(None, help="Stable Diffusion hub id, local diffusers folder or .safetensors/.ckpt file (prior.sd.model)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Optimise a 3-D asset for PROMPT; writes checkpoints, metrics, mesh and turntable to a run directory."""

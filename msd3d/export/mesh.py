@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import trimesh
 
 from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_path, atomic_paths
+from msd3d.lazy import lazy_module
 from msd3d.scene.base import RadianceField
+
+trimesh = lazy_module("trimesh")  # imported on first use: `render` and `--help` never need it
 
 __all__ = [
     "MESH_FORMATS",

@@ -315,6 +315,116 @@ def save_random_pipeline(
     return target
 
 
+# ------------------------------------------------------------------------------------------------
+# single-file checkpoints in the original (CompVis / LDM) layout
+
+
+_RESNET_TO_LDM_UNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                       "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key_to_ldm(key: str, levels: int, layers: int) -> str:
+    """A diffusers ``UNet2DConditionModel`` state-dict key -> its key in an original SD checkpoint."""
+    parts = key.split(".")
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for old, new in fixed.items():
+        if key.startswith(old + "."):
+            return new + key[len(old):]
+
+    def resnet(rest: list[str]) -> str:
+        return ".".join([_RESNET_TO_LDM_UNET[rest[0]], *rest[1:]])
+
+    if parts[0] == "down_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        if kind == "downsamplers":  # downsamplers.0.conv.weight -> input_blocks.N.0.op.weight
+            return f"input_blocks.{(i + 1) * (layers + 1)}.0.op." + ".".join(rest[1:])
+        block = 1 + i * (layers + 1) + j
+        return f"input_blocks.{block}." + (f"0.{resnet(rest)}" if kind == "resnets" else "1." + ".".join(rest))
+    if parts[0] == "mid_block":
+        kind, j, rest = parts[1], int(parts[2]), parts[3:]
+        return f"middle_block.{2 * j}.{resnet(rest)}" if kind == "resnets" else "middle_block.1." + ".".join(rest)
+    if parts[0] == "up_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        if kind == "upsamplers":  # after the resnet (and the attention, when the block has one)
+            return f"output_blocks.{i * (layers + 1) + layers}.{{up}}." + ".".join(rest)
+        block = i * (layers + 1) + j
+        return f"output_blocks.{block}." + (f"0.{resnet(rest)}" if kind == "resnets" else "1." + ".".join(rest))
+    raise KeyError(f"no original-layout name for UNet key {key!r}")
+
+
+def _vae_key_to_ldm(key: str, levels: int) -> str:
+    """A diffusers ``AutoencoderKL`` state-dict key -> its key in an original SD checkpoint."""
+    for old, new in (("conv_shortcut", "nin_shortcut"), ("conv_norm_out", "norm_out")):
+        key = key.replace(old, new)
+    parts = key.split(".")
+    if parts[0] in ("encoder", "decoder") and parts[1] in ("down_blocks", "up_blocks"):
+        i = int(parts[2]) if parts[1] == "down_blocks" else levels - 1 - int(parts[2])
+        stage = "down" if parts[1] == "down_blocks" else "up"
+        kind, rest = parts[3], parts[4:]
+        if kind == "resnets":
+            return f"{parts[0]}.{stage}.{i}.block.{rest[0]}." + ".".join(rest[1:])
+        return f"{parts[0]}.{stage}.{i}.{'downsample' if stage == 'down' else 'upsample'}." + ".".join(rest[1:])
+    if parts[0] in ("encoder", "decoder") and parts[1] == "mid_block":
+        kind, j, rest = parts[2], int(parts[3]), ".".join(parts[4:])
+        if kind == "resnets":
+            return f"{parts[0]}.mid.block_{j + 1}.{rest}"
+        for old, new in _VAE_ATTENTION_TO_LDM.items():
+            if rest.startswith(old + "."):
+                return f"{parts[0]}.mid.attn_1.{new}{rest[len(old):]}"
+    return key
+
+
+def original_checkpoint(components: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The UNet, VAE and (CLIP-layout) text encoder of ``components`` as one state dict in the original
+    SD single-file layout (``model.diffusion_model.*``, ``first_stage_model.*``,
+    ``cond_stage_model.transformer.*``): what ``.safetensors`` / ``.ckpt`` files of SD 1.x hold.
+
+    The inverse of diffusers' ``from_single_file`` conversion, for any number of levels and layers
+    per block (diffusers ships this direction only as a repository script for the 4-level SD UNet).
+    """
+    unet, vae, text_encoder = components["unet"], components["vae"], components["text_encoder"]
+    levels, layers = len(unet.config.block_out_channels), int(unet.config.layers_per_block)
+    out: dict[str, torch.Tensor] = {}
+    up_attention = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
+    for key, value in unet.state_dict().items():
+        ldm = _unet_key_to_ldm(key, levels, layers)
+        if "{up}" in ldm:
+            ldm = ldm.replace("{up}", "2" if int(key.split(".")[1]) in up_attention else "1")
+        out["model.diffusion_model." + ldm] = value.detach().clone().contiguous()
+    vae_levels = len(vae.config.block_out_channels)
+    for key, value in vae.state_dict().items():
+        ldm = _vae_key_to_ldm(key, vae_levels)
+        if ".mid.attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # the original VAE attention uses 1x1 convolutions
+        out["first_stage_model." + ldm] = value.detach().clone().contiguous()
+    for key, value in text_encoder.state_dict().items():
+        # SD 1.x files hold the Hugging Face CLIP layout under cond_stage_model.transformer.text_model.
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["cond_stage_model.transformer." + key] = value.detach().clone().contiguous()
+    return out
+
+
+def save_random_single_file(
+    arch: str, path: str | os.PathLike[str], *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write the random-weight pipeline of ``arch`` (same ``seed`` -> same weights as
+    :func:`save_random_pipeline`) as one ``.safetensors`` / ``.ckpt`` file in the original layout."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    state = original_checkpoint(build_random_components(arch, "cpu", dtype, seed=seed))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    if target.suffix.lower() == ".ckpt":
+        torch.save({"state_dict": state}, tmp)
+    else:
+        save_file(state, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

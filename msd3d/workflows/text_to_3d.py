@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from msd3d.workflows.assets import write_mesh, write_turntable
-from msd3d.config import RunConfig, slugify
+from msd3d.config import RunConfig
 from msd3d.errors import DiskFullError, Msd3dError
+from msd3d.naming import run_name
 from msd3d.priors.base import DiffusionPrior
 from msd3d.progress_bar import make_progress
 from msd3d.report import SCORES_NAME, write_run_report
@@ -18,17 +19,47 @@ from msd3d.train import Trainer, interrupt_on_signals
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    """``config.out``, or ``outputs/<prompt-slug>-<seed>``."""
-    return Path(config.out) if config.out else Path("outputs") / f"{slugify(config.prompt)}-{config.seed}"
+    """``config.out``, or ``outputs/<prompt-slug>-<guidance>-<prior>-<seed>`` (:func:`run_name`)."""
+    if config.out:
+        return Path(config.out)
+    return Path("outputs") / run_name(config.prompt, config.guidance.name, config.prior.name, config.seed)
 
 
-def check_fresh(run_dir: Path) -> None:
-    """Refuse to start over a run that has a checkpoint: that would lose work."""
+def _existing_run(run: RunDir) -> dict[str, Any]:
+    """Prompt, guidance and prior of the run already in a folder (empty when unreadable)."""
+    try:
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(OmegaConf.load(run.config))
+        return {
+            "prompt": data.get("prompt"),
+            "guidance": (data.get("guidance") or {}).get("name"),
+            "prior": (data.get("prior") or {}).get("name"),
+            "seed": data.get("seed"),
+        }
+    except Exception:
+        return {}
+
+
+def check_fresh(run_dir: Path, config: RunConfig | None = None) -> None:
+    """Refuse to start over a run that has a checkpoint: that would lose work. ``--resume`` is offered
+    only when the run there is the same job (prompt, guidance, prior, seed) as ``config``."""
     run = RunDir(run_dir)
-    if run.checkpoint.is_file():
+    if not run.checkpoint.is_file():
+        return
+    other = _existing_run(run)
+    same = config is not None and other == {
+        "prompt": config.prompt, "guidance": config.guidance.name, "prior": config.prior.name, "seed": config.seed,
+    }
+    if same:
         raise Msd3dError(
-            f"{str(run_dir)!r} already holds a run; continue it with --resume {run_dir} or choose another --out"
+            f"{str(run_dir)!r} already holds this run; continue it with --resume {run_dir} or choose another --out"
         )
+    what = (
+        f"a {other['guidance']} run on the {other['prior']} prior of {other['prompt']!r} (seed {other['seed']})"
+        if other.get("guidance") else "another run"
+    )
+    raise Msd3dError(f"{str(run_dir)!r} already holds {what}; choose another --out for this one")
 
 
 def generate(
@@ -46,13 +77,21 @@ def generate(
     msd3d run, and temporary files of a process killed mid-write are removed first.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise Msd3dError(f"run directory {str(run_dir)!r} is a file, not a folder; pass a new folder with --out")
     run = RunDir(run_dir)
     run.check_writable()
+    if prior is None and config.prior.name == "sd":
+        from msd3d.device import resolve_device
+        from msd3d.priors.stable_diffusion import check_available
+
+        resolve_device(config.device)  # a bad --device is named first, as before
+        check_available(config.prior.sd)  # no weights, no network: one line now, not after the scene is built
     created = not run_dir.exists()
     lock = run.lock()
     try:
         if not resume:
-            check_fresh(run_dir)
+            check_fresh(run_dir, config)
         run.remove_orphans()
         trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
         if resume:
