@@ -35,10 +35,12 @@ def generate(
     prior: DiffusionPrior | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run, then score it and write the mesh and the turntable.
 
-    Returns the summary that is also written to ``summary.json``.
+    Returns the summary that is also written to ``summary.json``. ``on_step(step)`` is called
+    after every training step (e.g. to report progress from a batch worker).
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     if not resume:
@@ -47,7 +49,7 @@ def generate(
     if resume:
         trainer.resume()
         log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
-    summary = trainer.fit()
+    summary = trainer.fit(on_step=on_step)
     summary.update(finish(trainer, show_progress=show_progress, log=log))
     write_json(trainer.run.summary, summary)
     log(f"done: {run_dir}")
