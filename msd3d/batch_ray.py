@@ -276,6 +276,7 @@ def run_ray_batch(
             task_options["max_calls"] = 1  # a fresh worker per GPU entry: memory freed, the right GPU visible
         task = ray.remote(**task_options)(_entry_task)
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        ray.get(board.snapshot.remote())  # the board is up before any task reports to it
         refs = {task.remote(_absolute(item), board, threads): item for item in to_run}
         pending = list(refs)
         log(
