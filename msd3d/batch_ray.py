@@ -15,7 +15,9 @@ checkpoint the lost attempt wrote (every ``train.checkpoint_every`` steps).
 
 Storage: run directories are read and written by the workers in place, so the batch root must be
 on a filesystem every node mounts at the same path (NFS, a cluster filesystem; trivially true on
-one machine). Run folders are not copied back to the driver.
+one machine). Run folders are not copied back to the driver. The driver writes a token file into
+the root; a task on a node that cannot read it fails its entry with a one-line error instead of
+training into a folder the driver never sees.
 
 Ray is an optional dependency (``pip install "msd3d[ray]"``); this module imports it lazily.
 """
@@ -26,11 +28,14 @@ import dataclasses
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from msd3d.batch import BatchResult, EntryResult, PlannedEntry, PriorCache, not_run, run_dir_action, run_entry
 from msd3d.errors import Msd3dError
+from msd3d.export.atomic import atomic_write_text
 
 __all__ = ["RayOptions", "RayBatchResult", "ProgressBoard", "import_ray", "check_ray_options", "run_ray_batch"]
 
@@ -141,7 +146,25 @@ _WORKER_PRIORS = PriorCache()
 (GPU tasks get a fresh worker each, so each loads its own.)"""
 
 
-def _entry_task(item: PlannedEntry, board: Any, threads: int) -> tuple[EntryResult, list[str]]:
+MARKER = ".msd3d-ray-driver"
+"""A file the driver writes into the batch root: a worker that cannot read it is not on the same filesystem."""
+
+
+def _shared_root_error(item: PlannedEntry, marker: Path, token: str) -> str | None:
+    try:
+        if marker.read_text() == token:
+            return None
+    except OSError:
+        pass
+    return (
+        f"entry {item.index}: node {socket.gethostname()} cannot see the batch root {str(marker.parent)!r} "
+        "the driver wrote; put --out on a filesystem every Ray node mounts at the same path"
+    )
+
+
+def _entry_task(
+    item: PlannedEntry, board: Any, threads: int, marker: Path, token: str
+) -> tuple[EntryResult, list[str]]:
     """The body of one Ray task: :func:`run_entry` with progress sent to ``board``; returns the
     result and the entry's log lines (the driver prints them)."""
     import ray
@@ -150,6 +173,11 @@ def _entry_task(item: PlannedEntry, board: Any, threads: int) -> tuple[EntryResu
     torch.set_num_threads(threads)
     lines: list[str] = []
     board.started.remote(item.index, socket.gethostname(), os.getpid(), [str(g) for g in ray.get_gpu_ids()])
+    problem = _shared_root_error(item, marker, token)
+    if problem is not None:  # training here would write the run where the driver never sees it
+        board.ended.remote(item.index, "failed")
+        return EntryResult(index=item.index, prompt=item.prompt, status="failed", seed=item.seed,
+                           run_dir=str(item.run_dir), error=problem), [f"failed: {problem}"]
     steps = item.config.train.steps if item.config is not None else 0
     result = run_entry(item, _WORKER_PRIORS, show_progress=False, log=lines.append,
                        on_step=_StepReporter(board, item.index, steps))
@@ -223,6 +251,7 @@ def _lost_line(item: PlannedEntry, exc: BaseException, retries: int) -> str:
 
 def run_ray_batch(
     plan: Sequence[PlannedEntry],
+    root: str | Path,
     options: RayOptions | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
@@ -230,7 +259,8 @@ def run_ray_batch(
     on_result: Callable[[EntryResult], None] | None = None,
     on_progress: Callable[[dict[int, dict[str, Any]]], None] | None = None,
 ) -> RayBatchResult:
-    """Run the planned entries as Ray tasks, as many at once as the cluster's resources allow.
+    """Run the planned entries (of the batch root ``root``) as Ray tasks, as many at once as the
+    cluster's resources allow.
 
     Invalid and finished entries are recorded by the driver without a task. ``on_result`` is called
     as each entry ends (in the order they end); ``on_progress`` with the board's snapshot at every
@@ -264,6 +294,7 @@ def run_ray_batch(
 
     started_here = _connect(ray, options)
     live = None
+    marker: Path | None = None
     try:
         gpus = _gpus_per_run(ray, options)
         _check_fits(ray, options.cpus_per_run, gpus)
@@ -277,7 +308,11 @@ def run_ray_batch(
         task = ray.remote(**task_options)(_entry_task)
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         ray.get(board.snapshot.remote())  # the board is up before any task reports to it
-        refs = {task.remote(_absolute(item), board, threads): item for item in to_run}
+        token = uuid.uuid4().hex
+        marker = Path(root).absolute() / f"{MARKER}-{token[:12]}"  # one per batch: shards may share a root
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, token)
+        refs = {task.remote(_absolute(item), board, threads, marker, token): item for item in to_run}
         pending = list(refs)
         log(
             f"ray: {len(to_run)} entries submitted ({options.cpus_per_run:g} CPU, {gpus:g} GPU each; "
@@ -348,6 +383,8 @@ def run_ray_batch(
     finally:
         if live is not None:
             live.stop()
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         if started_here:
             ray.shutdown()
     interrupted = interrupted or any(r.status == "interrupted" for r in results.values())

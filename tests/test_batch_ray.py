@@ -44,7 +44,7 @@ def ray_instance():
     """One embedded Ray (2 CPUs) for the module: starting Ray costs seconds."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="warning")
     yield ray
     ray.shutdown()
 
@@ -127,11 +127,11 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(batches, tmp
 
     def kill_once(board: dict) -> None:
         row = board.get(1, {})
-        if not killed and row.get("attempts") == 1 and (row.get("step") or 0) >= 2 and row.get("pid"):
+        if not killed and row.get("attempts") == 1 and (row.get("step") or 0) >= 1 and row.get("pid"):
             killed.append((row["pid"], row["step"]))
             os.kill(row["pid"], signal.SIGKILL)
 
-    result = run_ray_batch(plan, RayOptions(poll_seconds=0.05), show_progress=False, log=lambda m: None,
+    result = run_ray_batch(plan, tmp_path / "root", RayOptions(poll_seconds=0.05), show_progress=False, log=lambda m: None,
                            on_progress=kill_once)
     assert killed and killed[0][1] < 30, f"the worker was not killed during training: {killed}"
     (entry,) = result.entries
@@ -169,3 +169,19 @@ def test_grid_sample_probe_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     grid_sample_is_twice_differentiable("cpu")
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_node_without_the_shared_batch_root_fails_its_entry_in_one_line(tmp_path):
+    """The check a task makes before training: the driver's token file must be readable."""
+    from msd3d.batch_ray import _shared_root_error
+
+    path = write_batch(tmp_path, "defaults: {config: tiny.yaml}\nprompts: [a donut]\n")
+    (item,) = plan_batch(load_batch_file(path), tmp_path / "root")
+    marker = tmp_path / "root" / ".msd3d-ray-driver-abc"
+    error = _shared_root_error(item, marker, "abc")  # as on a node whose disk does not hold the root
+    assert error is not None and error.startswith("entry 0: node ") and "cannot see the batch root" in error
+    assert "\n" not in error
+    marker.parent.mkdir(parents=True)
+    marker.write_text("abc")
+    assert _shared_root_error(item, marker, "abc") is None
+    assert _shared_root_error(item, marker, "other batch") is not None

@@ -96,7 +96,7 @@ def batch(
 
             meta["executor"] = f"ray {ray_options.address}"
             result = run_ray_batch(
-                plan, ray_options, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress
+                plan, root, ray_options, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress
             )
         json_path, csv_path = write_batch_summary(result, root, stem, meta)
         _print_results(result, root)
