@@ -244,8 +244,8 @@ def _lost_line(item: PlannedEntry, exc: BaseException, retries: int) -> str:
     text = str(exc).strip().splitlines()
     first = next((line.strip() for line in text if line.strip()), type(exc).__name__)
     return (
-        f"entry {item.index}: its Ray worker was lost {retries + 1} times ({type(exc).__name__}: {first}); "
-        "rerun the batch to resume it from its checkpoint"
+        f"entry {item.index}: its Ray worker was lost on each of {retries + 1} attempt(s) ({type(exc).__name__}: "
+        f"{first}); rerun the batch to resume it from its checkpoint"
     )
 
 

@@ -118,21 +118,26 @@ def test_ray_failures_are_recorded_and_a_rerun_skips_finished_entries(batches):
     assert document["entries"][1]["steps"] == 30
 
 
+def kill_first_attempt(index: int, killed: list):
+    """An ``on_progress`` hook: SIGKILL the worker of entry ``index`` once it has reported a step."""
+
+    def hook(board: dict) -> None:
+        row = board.get(index, {})
+        if not killed and row.get("attempts") == 1 and (row.get("step") or 0) >= 1 and row.get("pid"):
+            killed.append((row["pid"], row["step"]))
+            os.kill(row["pid"], signal.SIGKILL)
+
+    return hook
+
+
 @needs_ray
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(batches, tmp_path):
     """SIGKILL the worker training entry 1 (30 steps, a checkpoint every step) a few steps in."""
     plan = [p for p in plan_batch(load_batch_file(batches["path"]), tmp_path / "root") if p.index == 1]
     assert plan[0].action == "train"
     killed: list[tuple[int, int]] = []
-
-    def kill_once(board: dict) -> None:
-        row = board.get(1, {})
-        if not killed and row.get("attempts") == 1 and (row.get("step") or 0) >= 1 and row.get("pid"):
-            killed.append((row["pid"], row["step"]))
-            os.kill(row["pid"], signal.SIGKILL)
-
     result = run_ray_batch(plan, tmp_path / "root", RayOptions(poll_seconds=0.05), show_progress=False, log=lambda m: None,
-                           on_progress=kill_once)
+                           on_progress=kill_first_attempt(1, killed))
     assert killed and killed[0][1] < 30, f"the worker was not killed during training: {killed}"
     (entry,) = result.entries
     assert entry.status == "ok", entry.error
@@ -185,3 +190,31 @@ def test_a_node_without_the_shared_batch_root_fails_its_entry_in_one_line(tmp_pa
     marker.write_text("abc")
     assert _shared_root_error(item, marker, "abc") is None
     assert _shared_root_error(item, marker, "other batch") is not None
+
+
+@needs_ray
+def test_a_worker_lost_more_often_than_max_retries_fails_its_entry_in_one_line(batches, tmp_path):
+    plan = [p for p in plan_batch(load_batch_file(batches["path"]), tmp_path / "root") if p.index == 1]
+    killed: list[tuple[int, int]] = []
+    result = run_ray_batch(plan, tmp_path / "root", RayOptions(poll_seconds=0.05, max_retries=0), show_progress=False,
+                           log=lambda m: None, on_progress=kill_first_attempt(1, killed))
+    assert killed
+    (entry,) = result.entries
+    assert entry.status == "failed" and not result.interrupted
+    assert entry.error.startswith("entry 1: its Ray worker was lost on each of 1 attempt(s)"), entry.error
+    assert "rerun the batch to resume it" in entry.error and "\n" not in entry.error
+    assert RunDir(plan[0].run_dir).checkpoint.is_file()  # what the lost attempt did is kept for the rerun
+
+
+def test_executor_options_are_checked_before_any_work(tmp_path):
+    path = write_batch(tmp_path, "defaults: {config: tiny.yaml}\nprompts: [a donut]\n")
+    cases = {
+        ("--executor", "gpu"): "--executor 'gpu' is not local or ray",
+        ("--executor", "local", "--ray", "auto"): "contradict",
+    }
+    for args, words in cases.items():
+        result = invoke(path, *args, "--out", tmp_path / "out")
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], lines
+    assert not (tmp_path / "out").exists()
