@@ -45,6 +45,17 @@ def ray_instance():
     import ray
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    # two workers with torch and msd3d imported, so both start their first entry at once (on a busy
+    # 2-core machine the second worker's imports alone can outlast the short entries)
+    def warm_worker() -> int:  # nested: Ray ships it by value (workers cannot import the tests)
+        import msd3d.batch_ray  # noqa: F401
+        import msd3d.generate  # noqa: F401  (torch, the renderer, the exporters)
+
+        time.sleep(1.0)  # hold this worker so the second call lands on the other one
+        return os.getpid()
+
+    warm = ray.remote(num_cpus=1)(warm_worker)
+    assert len(set(ray.get([warm.remote() for _ in range(2)]))) == 2
     yield ray
     ray.shutdown()
 
