@@ -26,6 +26,9 @@ What fails where:
 Resuming: an entry whose ``summary.json`` reports ``steps >= train.steps`` is skipped; one with a
 checkpoint but no finished summary continues from it (``generate(..., resume=True)``); otherwise
 it trains from scratch. Sharding (``shard=(i, n)``) runs the entries with ``index % n == i``.
+
+Executors: :func:`run_batch` runs the entries one after another in this process;
+:func:`msd3d.batch_ray.run_ray_batch` runs them as Ray tasks. Both call :func:`run_entry`.
 """
 
 from __future__ import annotations

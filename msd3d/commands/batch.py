@@ -3,6 +3,7 @@
 Exit codes: 0 when no entry failed (ok or skipped), 1 when any entry failed (each failure is
 recorded in ``batch_summary.json`` / ``.csv`` with its error line), 2 when the batch file or an
 option is unusable (nothing runs), 130 when interrupted (rerun the same command to resume).
+``--ray ADDRESS`` / ``--executor ray`` run the entries as Ray tasks (:mod:`msd3d.batch_ray`).
 """
 
 from __future__ import annotations
