@@ -41,11 +41,14 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from msd3d.config import RunConfig, load_config, resolve_recipe, slugify
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.export.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from msd3d.run_dir import RunDir
 
 __all__ = [
     "ENTRY_KEYS",
@@ -347,13 +350,11 @@ def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
     return None
 
 
-def run_dir_action(config: RunConfig, run_dir: Path) -> str:
+def run_dir_action(config: RunConfig, run: "RunDir") -> str:
     """What the run directory calls for now: "skip" (finished), "resume" (a checkpoint) or "train"."""
-    from msd3d.run_dir import RunDir
-
-    if finished_summary(run_dir, config.train.steps) is not None:
+    if finished_summary(run.root, config.train.steps) is not None:
         return "skip"
-    return "resume" if RunDir(run_dir).checkpoint.is_file() else "train"
+    return "resume" if run.checkpoint.is_file() else "train"
 
 
 def plan_batch(
@@ -364,6 +365,8 @@ def plan_batch(
     All entries are resolved, so errors and run-directory clashes are the same in every shard;
     the returned list holds only the shard's entries.
     """
+    from msd3d.run_dir import RunDir
+
     root = Path(root)
     plan: list[PlannedEntry] = []
     owners: dict[Path, int] = {}
@@ -385,7 +388,7 @@ def plan_batch(
                 owners[key] = entry.index
         if item.error is None:
             assert item.config is not None and item.run_dir is not None
-            item.action = run_dir_action(item.config, item.run_dir)
+            item.action = run_dir_action(item.config, RunDir(item.run_dir))
         plan.append(item)
     if shard is not None:
         plan = [p for p in plan if p.index % shard[1] == shard[0]]
@@ -515,6 +518,7 @@ def run_entry(
     the log lines; ``on_step(step)`` is called after every training step.
     """
     from msd3d.generate import generate
+    from msd3d.run_dir import RunDir
     from msd3d.train import TrainingInterrupted
 
     tag = f"{position} entry {item.index}".strip()
@@ -526,7 +530,7 @@ def run_entry(
         result.error = item.error
         log(f"{position} failed: {item.error}".strip())
         return result
-    action = run_dir_action(item.config, item.run_dir)
+    action = run_dir_action(item.config, RunDir(item.run_dir))
     if action == "skip":
         _from_summary(result, finished_summary(item.run_dir, item.config.train.steps) or {})
         result.status = "skipped"

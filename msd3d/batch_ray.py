@@ -268,6 +268,8 @@ def run_ray_batch(
     "interrupted", queued ones as "not run") and sets ``interrupted``. The returned entries are in
     plan order.
     """
+    from msd3d.run_dir import RunDir
+
     options = options or RayOptions()
     check_ray_options(options)
     ray = import_ray()
@@ -285,7 +287,7 @@ def run_ray_batch(
     for item in plan:
         if item.action == "invalid" or item.config is None or item.run_dir is None:
             record(run_entry(item, log=log))
-        elif run_dir_action(item.config, item.run_dir) == "skip":
+        elif run_dir_action(item.config, RunDir(item.run_dir)) == "skip":
             record(run_entry(item, log=log))
         else:
             to_run.append(item)
