@@ -23,6 +23,10 @@ What fails where:
   directory shared with an earlier entry) is recorded as failed with a one-line error naming the
   entry, and the others still run. So is an entry whose training or export raises.
 
+Run folders stay inside the batch root: an ``out`` that is absolute, starts with ``~`` or climbs
+with ``..`` is an invalid entry unless ``allow_outside_root`` (``--allow-outside-root``) is set, and
+an existing folder that holds files but is not an msd3d run is never written into.
+
 Resuming: an entry whose ``summary.json`` reports ``steps >= train.steps`` is skipped; one with a
 checkpoint but no finished summary continues from it (``generate(..., resume=True)``); otherwise
 it trains from scratch. Sharding (``shard=(i, n)``) runs the entries with ``index % n == i``.
@@ -43,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from msd3d.config import RunConfig, load_config, resolve_recipe, slugify
+from msd3d.config import RunConfig, check_text, load_config, resolve_recipe, slugify
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.export.atomic import atomic_write_text
 
@@ -317,7 +321,22 @@ class PlannedEntry:
         return self.config.seed if self.config is not None else None
 
 
-def _resolve_entry(batch: BatchFile, entry: BatchEntry, root: Path, device: str | None) -> tuple[RunConfig, Path]:
+def _run_dir_for(out: str, root: Path, allow_outside_root: bool, who: str) -> Path:
+    """The run folder of an entry's ``out``: relative to the root and inside it (unless allowed)."""
+    path = Path(out)
+    outside = path.is_absolute() or out.startswith("~") or ".." in path.parts
+    if outside and not allow_outside_root:
+        raise EntryError(
+            f"{who}: out {out!r} leaves the batch root {str(root)!r}; use a relative path inside it, "
+            "or pass --allow-outside-root"
+        )
+    path = path.expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _resolve_entry(
+    batch: BatchFile, entry: BatchEntry, root: Path, device: str | None, allow_outside_root: bool = False
+) -> tuple[RunConfig, Path]:
     settings = {**batch.defaults, **entry.settings}
     recipe = resolve_recipe(settings.get("config"), settings.get("prior"), settings.get("guidance"))
     dotlist: list[str] = []
@@ -328,10 +347,13 @@ def _resolve_entry(batch: BatchFile, entry: BatchEntry, root: Path, device: str 
         dotlist.append(f"device={json.dumps(device)}")
     config = load_config(recipe, dotlist)
     config.prompt = entry.prompt  # set directly: a prompt is never parsed as YAML or interpolated
+    try:
+        check_text(entry.prompt, "prompt")
+    except ValueError as exc:
+        raise EntryError(f"entry {entry.index}: {exc}") from None
     out = settings.get("out")
     if out is not None:
-        run_dir = Path(out).expanduser()
-        run_dir = run_dir if run_dir.is_absolute() else root / run_dir
+        run_dir = _run_dir_for(out, root, allow_outside_root, f"entry {entry.index}")
     else:
         run_dir = root / f"{slugify(entry.prompt)}-{config.seed}"
     config.out = str(run_dir)
@@ -358,7 +380,11 @@ def run_dir_action(config: RunConfig, run: "RunDir") -> str:
 
 
 def plan_batch(
-    batch: BatchFile, root: str | Path, shard: tuple[int, int] | None = None, device: str | None = None
+    batch: BatchFile,
+    root: str | Path,
+    shard: tuple[int, int] | None = None,
+    device: str | None = None,
+    allow_outside_root: bool = False,
 ) -> list[PlannedEntry]:
     """Resolve every entry's RunConfig (``load_config``) and run directory, and decide what to do.
 
@@ -374,7 +400,10 @@ def plan_batch(
         item = PlannedEntry(index=entry.index, prompt=entry.prompt, action="invalid", error=entry.error)
         if entry.error is None:
             try:
-                item.config, item.run_dir = _resolve_entry(batch, entry, root, device)
+                item.config, item.run_dir = _resolve_entry(batch, entry, root, device, allow_outside_root)
+                RunDir(item.run_dir).check_writable()
+            except EntryError as exc:
+                item.error = str(exc)
             except Msd3dError as exc:
                 item.error = f"entry {entry.index}: {exc}"
         if item.run_dir is not None:

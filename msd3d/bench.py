@@ -1,6 +1,6 @@
 """Speed of text-to-3D training: one full training step and the guidance alone, per method.
 
-What is timed (DESIGN.md §5), for each guidance method (SDS, MSD, SDI) on one prior:
+What is timed (docs/design.md §5), for each guidance method (SDS, MSD, SDI) on one prior:
 
 * **full step**: :meth:`msd3d.train.Trainer.train_step` — occupancy-grid refresh when due, camera
   sampling, render (nerfacc), VAE encode, guidance, loss, backward, the non-finite guard, Adam;

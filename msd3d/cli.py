@@ -17,6 +17,7 @@ from msd3d.commands.batch import batch
 from msd3d.commands.bench import bench
 from msd3d.commands.export import export
 from msd3d.commands.render import render
+from msd3d.commands.report import report
 from msd3d.commands.toy2d import toy2d
 
 app = typer.Typer(
@@ -130,6 +131,7 @@ app.command("render")(render)
 app.command("batch")(batch)
 app.command("toy2d")(toy2d)
 app.command("bench")(bench)
+app.command("report")(report)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -2,12 +2,18 @@
 
 Precedence (later wins): code defaults < recipe YAML (``--config``) < CLI flags < ``key=value``
 overrides. Unknown keys and values of the wrong type fail before any work starts, naming the key;
-each module's ``validate()`` then checks ranges.
+each module's ``validate()`` then checks ranges, and every float anywhere must be finite.
+
+User strings are literals: OmegaConf's ``${...}`` interpolation is escaped in every string that comes
+from a recipe, a flag or an override (a prompt ``${oc.env:HOME}`` stays exactly that, and no
+environment value can leak into ``config.yaml``).
 """
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from functools import lru_cache
 import dataclasses
 from dataclasses import dataclass, fields, is_dataclass
@@ -44,9 +50,9 @@ class TrainConfig:
     lr_decay: float = 1.0
     """Learning-rate multiplier reached at the last step (log-linear from 1; 1 = constant)."""
     betas: tuple[float, float] = (0.9, 0.99)
-    """Adam's moment decay rates (threestudio)."""
+    """Adam's moment decay rates (threestudio); each in [0, 1)."""
     adam_eps: float = 1e-15
-    """Adam's epsilon (threestudio; small because grid features get tiny gradients)."""
+    """Adam's epsilon (threestudio; small because grid features get tiny gradients); positive."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this (0 = off)."""
     log_every: int = 10
@@ -54,13 +60,13 @@ class TrainConfig:
     val_every: int = 500
     """Save validation renders (PNG) every N steps (0 = only at the end)."""
     val_views: int = 4
-    """Turntable views in each validation PNG."""
+    """Turntable views in each validation PNG; at most 64."""
     checkpoint_every: int = 500
     """Save a checkpoint every N steps (and always on interrupt and at the end)."""
     max_nonfinite_streak: int = 20
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
     eval_views: int = 24
-    """Turntable views used to score the run at the end (priors that can score, e.g. the oracle)."""
+    """Turntable views used to score the run at the end (priors that can score, e.g. the oracle); at most 360."""
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -69,6 +75,10 @@ class TrainConfig:
             raise ValueError("train.lr and train.lr_network must be positive")
         if not 0 < self.lr_decay <= 1:
             raise ValueError("train.lr_decay must be in (0, 1] (1 = constant learning rate)")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"train.adam_eps must be positive, got {self.adam_eps}")
         for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1")
@@ -78,6 +88,10 @@ class TrainConfig:
             raise ValueError("train.max_nonfinite_streak must be at least 1")
         if self.eval_views < 1 or self.val_views < 1:
             raise ValueError("train.eval_views and train.val_views must be at least 1")
+        if self.val_views > 64:
+            raise ValueError(f"train.val_views must be at most 64, got {self.val_views}")
+        if self.eval_views > 360:
+            raise ValueError(f"train.eval_views must be at most 360, got {self.eval_views}")
 
 
 @dataclass
@@ -99,7 +113,7 @@ class RunConfig:
     negative_prompt: str = ""
     """Text for the unconditional branch of classifier-free guidance (Stable Diffusion)."""
     seed: int = 0
-    """Seeds the field's initialisation and every random choice of the run."""
+    """Seeds the field's initialisation and every random choice of the run; 0 to 4294967295 (2^32 - 1)."""
     device: str = "auto"
     """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
     out: str = ""
@@ -159,6 +173,59 @@ def resolve_recipe(config: str | Path | None, prior: str | None = None, guidance
     return None
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: every generator msd3d may seed (torch, numpy) accepts 0 ... 2^32 - 1."""
+
+
+# ------------------------------------------------------------------------------------------------
+# user strings
+
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def literal(text: str) -> str:
+    """``text`` escaped for OmegaConf so that it resolves to itself: ``${`` is never interpolation.
+
+    OmegaConf reads ``\\${`` as a literal ``${`` and ``\\\\`` as one backslash only right before
+    ``${``; other backslashes are literal.
+    """
+    return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def _literal_tree(value: Any) -> Any:
+    """A plain container with :func:`literal` applied to every string in it."""
+    if isinstance(value, str):
+        return literal(value)
+    if isinstance(value, dict):
+        return {k: _literal_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_literal_tree(v) for v in value]
+    return value
+
+
+def _as_literals(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (read from YAML or a dot-list, not yet merged) with every string made literal."""
+    return OmegaConf.create(_literal_tree(OmegaConf.to_container(cfg, resolve=False)))
+
+
+def check_text(text: str, key: str) -> None:
+    """Reject control characters (ESC, BEL, newlines, ...) in a user string; named by code point, never raw."""
+    for position, char in enumerate(text):
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
+            raise ValueError(
+                f"{key} contains the control character U+{ord(char):04X} at position {position}; "
+                "remove it (prompts must be printable text)"
+            )
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), safe to print in a terminal."""
+    return "".join(
+        char if unicodedata.category(char) not in ("Cc", "Cs", "Zl", "Zp") else repr(char)[1:-1] for char in text
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # loading
 
@@ -186,7 +253,7 @@ def load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"cannot parse config file {str(path)!r}: {first}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return data
+    return _as_literals(data)
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -194,7 +261,7 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.steps=2000)")
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return _as_literals(OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
 
@@ -223,8 +290,17 @@ def load_config(
     if config_file is not None:
         cfg = _merge(cfg, load_yaml(Path(config_file)), f"config file {str(config_file)!r}")
     if values:
-        dotted = [f"{k}={_format_value(v)}" for k, v in values.items() if v is not None]
-        cfg = _merge(cfg, OmegaConf.from_dotlist(dotted), "command-line options")
+        # a nested mapping, never YAML text: a flag's string (the prompt) is taken exactly as given
+        nested: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            node = nested
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = _literal_tree(value)
+        cfg = _merge(cfg, OmegaConf.create(nested), "command-line options")
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), "key=value overrides")
     try:
@@ -235,15 +311,6 @@ def load_config(
     return run
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, str):
-        # quote so OmegaConf keeps strings such as "1e-3" or "a: b" as strings
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def validate(run: RunConfig) -> None:
     """Run every section's ``validate()``; a failure becomes a one-line :class:`ConfigError`."""
     if run.guidance.name not in GUIDANCE_METHODS:
@@ -251,9 +318,27 @@ def validate(run: RunConfig) -> None:
             f"unknown guidance {run.guidance.name!r} (guidance.name); choose one of {', '.join(GUIDANCE_METHODS)}"
         )
     try:
+        check_text(run.prompt, "prompt")
+        check_text(run.negative_prompt, "negative_prompt")
+        if not 0 <= run.seed <= MAX_SEED:
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got {run.seed}")
+        _check_finite(run, "")
         _validate_tree(run)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every float (also inside lists) of every section must be finite: nan/inf fail naming the key."""
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
 
 
 def _validate_tree(obj: Any) -> None:

@@ -15,3 +15,11 @@ class ModelLoadError(Msd3dError):
 
 class CheckpointError(Msd3dError):
     """A run directory has no usable checkpoint."""
+
+
+class DiskFullError(Msd3dError):
+    """The file system ran out of space (ENOSPC / EDQUOT) while writing ``path``."""
+
+    def __init__(self, path: object, detail: str = "") -> None:
+        self.path = path
+        super().__init__(f"no space left on device writing {path}{detail}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from msd3d.assets import write_mesh, write_turntable
 from msd3d.config import RunConfig, slugify
-from msd3d.errors import Msd3dError
+from msd3d.errors import DiskFullError, Msd3dError
 from msd3d.priors.base import DiffusionPrior
-from msd3d.run_dir import RunDir, write_json
-from msd3d.train import Trainer
+from msd3d.progress import make_progress
+from msd3d.report import SCORES_NAME, write_run_report
+from msd3d.run_dir import MetricsLog, RunDir, write_json
+from msd3d.train import Trainer, interrupt_on_signals
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -37,42 +40,124 @@ def generate(
     log: Callable[[str], None] = print,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a run, then score it and write the mesh and the turntable.
+    """Train (or resume) a run, then score it and write the mesh, the turntable and report.html.
 
-    Returns the summary that is also written to ``summary.json``. ``on_step(step)`` is called
-    after every training step (e.g. to report progress from a batch worker).
+    Returns the summary that is also written to ``summary.json``. The run folder is locked for the
+    whole call (a second process gets a one-line error naming this one), must be new, empty or an
+    msd3d run, and temporary files of a process killed mid-write are removed first.
+    ``on_step(step)`` is called after every training step (e.g. to report progress from a batch worker).
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    if not resume:
-        check_fresh(run_dir)
-    trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
-    if resume:
-        trainer.resume()
-        log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
-    summary = trainer.fit(on_step=on_step)
-    summary.update(finish(trainer, show_progress=show_progress, log=log))
-    write_json(trainer.run.summary, summary)
+    run = RunDir(run_dir)
+    run.check_writable()
+    created = not run_dir.exists()
+    lock = run.lock()
+    try:
+        if not resume:
+            check_fresh(run_dir)
+        run.remove_orphans()
+        trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
+        if resume:
+            trainer.resume()
+            log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
+        stopped = (
+            lambda name: f"{name} received while scoring and exporting: training finished at step {trainer.step} "
+            f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
+        )
+        try:
+            score_logger = ScoreLogger(trainer)
+
+            def each_step(step: int) -> None:
+                score_logger(step)
+                if on_step is not None:
+                    on_step(step)
+
+            summary = trainer.fit(on_step=each_step)
+            with interrupt_on_signals(stopped), make_progress(show_progress) as progress:
+                summary.update(finish(trainer, show_progress=show_progress, log=log, progress=progress))
+                write_json(trainer.run.summary, summary)
+                with _stage(progress, "report"):
+                    try:
+                        summary["report"] = str(write_run_report(trainer.run.root))  # returned, not in summary.json
+                    except Exception as exc:  # the run's results are all written; a page must not fail it
+                        log(f"report.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {run_dir}")
+        except DiskFullError as exc:  # one line that says what is safe on disk
+            raise DiskFullError(exc.path, f"; {trainer.last_good_checkpoint()}") from None
+    except BaseException:
+        lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [run.lock_file.name]:
+            run.lock_file.unlink()  # nothing was written: leave no trace
+            run_dir.rmdir()
+        raise
+    lock.release()
+    if "report" in summary:
+        log(f"report: {summary['report']}")
     log(f"done: {run_dir}")
     return summary
 
 
-def finish(trainer: Trainer, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Scores, final validation render, mesh and video for a trained run."""
+class ScoreLogger:
+    """``Trainer.fit``'s ``on_step``: at every validation step, score the run (priors that can: the
+    oracle) and append ``{"step": steps done, "mode_psnr", "blend_psnr", ...}`` to ``scores.jsonl``
+    in the run folder, for the report's scores-against-steps plot. Stops once the prior says it
+    cannot score. On resume, lines after the checkpoint's step are dropped (they are redone)."""
+
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        # priors that keep the base class's "cannot score" (Stable Diffusion) are not asked
+        scores = type(trainer.prior).evaluate is not DiffusionPrior.evaluate
+        self.enabled = scores and bool(trainer.config.train.val_every)
+        self.log = MetricsLog(trainer.run.root / SCORES_NAME)
+        self.log.truncate_after(trainer.step + 1)
+
+    def __call__(self, step: int) -> None:
+        every = self.trainer.config.train.val_every
+        if not self.enabled or step % every or step >= self.trainer.config.train.steps:
+            return  # the final scores come from finish()
+        scores = self.trainer.evaluate()
+        self.trainer.renderer.train()
+        if scores is None:
+            self.enabled = False
+            return
+        numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.log.append({"step": step, **numbers})
+
+
+@contextlib.contextmanager
+def _stage(progress: Any, name: str) -> Iterator[None]:
+    """One finishing stage as a progress row (elapsed time shown while it runs; 1/1 when done)."""
+    task = progress.add_task(name, total=1, show_rate=False)
+    yield
+    progress.update(task, completed=1)
+
+
+def finish(
+    trainer: Trainer, show_progress: bool = True, log: Callable[[str], None] = print, progress: Any | None = None
+) -> dict[str, Any]:
+    """Scores, final validation render, mesh and video for a trained run; each stage shows progress
+    (in ``progress``, a running :func:`~msd3d.progress.make_progress` display, or a new one)."""
+    if progress is None:
+        with make_progress(show_progress) as progress:
+            return finish(trainer, show_progress=show_progress, log=log, progress=progress)
     config, run = trainer.config, trainer.run
     out: dict[str, Any] = {"run_dir": str(run.root)}
     t0 = time.perf_counter()
-    scores = trainer.evaluate()
+    with _stage(progress, "scoring"):
+        scores = trainer.evaluate()
     if scores is not None:
         out["scores"] = scores
-    out["validation_png"] = str(trainer.save_validation(trainer.step, overwrite=False))
+    with _stage(progress, "validation render"):
+        out["validation_png"] = str(trainer.save_validation(trainer.step, overwrite=False))
     if config.export.mesh:
         mesh_t0 = time.perf_counter()
-        out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root)
+        with _stage(progress, "mesh"):
+            out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root)
         out["mesh"]["seconds"] = time.perf_counter() - mesh_t0
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:
         path = run.video(config.video.format)
-        out["video"] = write_turntable(trainer.renderer, config.video, path, show_progress=show_progress)
+        out["video"] = write_turntable(trainer.renderer, config.video, path, show_progress=show_progress, progress=progress)
         log(f"video: {path}")
     out["finish_seconds"] = time.perf_counter() - t0
     return out

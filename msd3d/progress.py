@@ -24,6 +24,8 @@ class RateColumn(ProgressColumn):
     """Iterations per second (or seconds per iteration when slower than 1 it/s)."""
 
     def render(self, task: Task) -> Text:
+        if not task.fields.get("show_rate", True):  # one-shot stages (e.g. "mesh"): no rate to show
+            return Text("")
         speed = task.finished_speed or task.speed
         if not speed:
             return Text("-- it/s", style="progress.data.speed")

@@ -9,20 +9,34 @@ outputs/<prompt-slug>-<seed>/
   validation/          step_000500.png ... validation renders
   mesh.obj (+ .mtl)    the exported mesh
   turntable.mp4        the turntable video
+  .msd3d.lock          held (flock) by the process working in the folder; pid, host, start time
 ```
+
+Checkpoints are data, never code: they are loaded with ``torch.load(weights_only=True)``, which
+only rebuilds tensors and plain Python values, so a crafted ``last.pt`` cannot run anything.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from msd3d.errors import CheckpointError
-from msd3d.export.atomic import atomic_path, atomic_write_json, atomic_write_text, json_safe
+from msd3d.errors import CheckpointError, DiskFullError, Msd3dError
+from msd3d.export.atomic import (
+    DISK_FULL_ERRNOS,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    json_safe,
+    remove_orphaned_temp_files,
+)
+from msd3d.run_lock import LOCK_NAME, RunLock
 
 
 @dataclass(frozen=True)
@@ -55,15 +69,58 @@ class RunDir:
     def video(self, fmt: str = "mp4") -> Path:
         return self.root / f"turntable.{fmt}"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_NAME
+
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "checkpoints").mkdir(exist_ok=True)
 
+    def lock(self) -> RunLock:
+        """Create the folder and take its exclusive lock (a one-line ``RunLocked`` if another process has it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return RunLock(self.lock_file, what=f"run folder {str(self.root)!r}").acquire()
+
+    def is_run(self) -> bool:
+        """Whether the folder was written by msd3d (its lock file, a checkpoint, or config + metrics)."""
+        return (
+            self.lock_file.is_file()
+            or self.checkpoint.is_file()
+            or (self.config.is_file() and self.metrics.is_file())
+        )
+
+    def check_writable(self) -> None:
+        """Refuse a folder that exists, holds files and is not an msd3d run: they would be overwritten."""
+        if not self.root.exists():
+            return
+        if not self.root.is_dir():
+            raise Msd3dError(f"{str(self.root)!r} is a file, not a folder; choose another run folder (--out / out:)")
+        if any(self.root.iterdir()) and not self.is_run():
+            raise Msd3dError(
+                f"{str(self.root)!r} is not empty and is not an msd3d run folder; its files would be "
+                "overwritten: choose a new or empty folder (--out / out:)"
+            )
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files left by a process killed mid-write (call with the lock held)."""
+        removed: list[Path] = []
+        for folder in (self.root, self.root / "checkpoints", self.validation):
+            removed += remove_orphaned_temp_files(folder)
+        return removed
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file, so an interrupt never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` through a temporary file, so an interrupt never leaves half a checkpoint.
+
+    The state is serialised in memory and then written with a plain file write, so a full disk
+    surfaces as ``OSError(ENOSPC)`` (a :class:`DiskFullError`) rather than torch's opaque
+    "file write failed".
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(run: RunDir, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -77,7 +134,13 @@ def load_checkpoint(run: RunDir, map_location: str | torch.device = "cpu") -> di
             "the run never reached its first checkpoint: start it again with msd3d generate"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors and plain values only; a pickle that would import or call anything is refused
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it holds Python objects other than tensors and plain "
+            "values, which could run code when loaded; use only checkpoints written by msd3d generate"
+        ) from None
     except Exception as exc:  # truncated/corrupt pickles raise many types
         raise CheckpointError(
             f"checkpoint {str(path)!r} is unreadable ({type(exc).__name__}); it is corrupt: "
@@ -115,9 +178,20 @@ class MetricsLog:
                 continue  # a line cut short by a crash
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
+    def reset(self) -> None:
+        """Start an empty log (a fresh run: lines of an earlier attempt that never checkpointed go)."""
+        if self.path.is_file():
+            atomic_write_text(self.path, "")
+
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(json_safe(record)) + "\n")
+        line = json.dumps(json_safe(record)) + "\n"
+        try:
+            with self.path.open("a") as f:
+                f.write(line)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFullError(self.path) from None
+            raise
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

@@ -12,20 +12,21 @@ the optimiser, so an interrupted and resumed run ends exactly where an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from msd3d.config import RunConfig, to_yaml
+from msd3d.config import RunConfig, check_text, to_yaml
 from msd3d.device import resolve_device
-from msd3d.errors import Msd3dError
+from msd3d.errors import ConfigError, Msd3dError
 from msd3d.export.atomic import atomic_path, atomic_write_text
 from msd3d.guidance import Guidance, build_guidance
 from msd3d.guidance.base import interpolate, progress
@@ -46,6 +47,27 @@ class TrainingInterrupted(Msd3dError):
 
 class TrainingDiverged(Msd3dError):
     """Too many consecutive non-finite steps."""
+
+
+@contextlib.contextmanager
+def interrupt_on_signals(message: Callable[[str], str]) -> Iterator[None]:
+    """While the body runs, SIGINT/SIGTERM raise :class:`TrainingInterrupted` (``message(signal name)``).
+
+    For work that has no step to stop between (scoring, meshing, the video): the exception unwinds
+    through the atomic writers, which delete their temporary files, and the CLI exits 130.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted(message(signal.Signals(signum).name))
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def read_scalars(values: Sequence[Tensor | float]) -> list[float]:
@@ -88,6 +110,11 @@ class Trainer:
     ) -> None:
         if not config.prompt.strip():
             raise Msd3dError("the prompt is empty; pass a prompt such as \"a red mushroom\"")
+        try:
+            check_text(config.prompt, "prompt")
+            check_text(config.negative_prompt, "negative_prompt")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.config = config
         self.run = RunDir(Path(run_dir))
         self.device = resolve_device(config.device)
@@ -105,6 +132,9 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
         self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.checkpoint_step: int | None = None  # step of the checkpoint on disk (None: none written yet)
+        self._denoiser_calls_before = 0  # denoiser calls of earlier sessions (from the checkpoint)
+        self._counter_start = self.prior.counter.calls
         self._signal: int | None = None
         self.metrics = MetricsLog(self.run.metrics)
 
@@ -131,8 +161,14 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "nonfinite_total": self.nonfinite_total,
             "elapsed": self.elapsed,
+            "denoiser_calls": self.denoiser_calls,
             "guidance": self.config.guidance.name,
         }
+
+    @property
+    def denoiser_calls(self) -> int:
+        """Denoiser calls over all sessions of this run (carried across resumes by the checkpoint)."""
+        return self._denoiser_calls_before + self.prior.counter.calls - self._counter_start
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.renderer.load_state_dict(state["field"])
@@ -144,9 +180,52 @@ class Trainer:
         self.step = int(state["step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.elapsed = float(state.get("elapsed", 0.0))
+        self._denoiser_calls_before = int(state.get("denoiser_calls", 0))
+        self._counter_start = self.prior.counter.calls
+        self.checkpoint_step = self.step
 
     def save_checkpoint(self) -> None:
+        """Write checkpoints/last.pt; refuses (TrainingDiverged) a state with non-finite parameters."""
+        if not self.parameters_finite():
+            raise TrainingDiverged(
+                f"the parameters are not finite at step {self.step}; refusing to checkpoint them "
+                f"({self._kept_checkpoint()}); try a lower train.lr"
+            )
         save_checkpoint(self.run.checkpoint, self.state_dict())
+        self.checkpoint_step = self.step
+
+    def parameters_finite(self) -> bool:
+        """Whether every parameter of the renderer is finite (one host sync). Buffers such as the
+        occupancy grid's running densities are not checked: they may legitimately saturate."""
+        params = [p.detach() for p in self.renderer.parameters()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+
+    def _kept_checkpoint(self) -> str:
+        kept = self.run.checkpoint if self.run.checkpoint.is_file() else None
+        return f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet"
+
+    def _optimizer_snapshot(self) -> tuple[list[Tensor], dict[Tensor, dict[str, Any]]]:
+        """Copies of the parameters and their Adam state, to undo a step that made them non-finite."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        values = [p.detach().clone() for p in params]
+        state = {
+            p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in self.optimizer.state[p].items()}
+            for p in params
+            if p in self.optimizer.state
+        }
+        return values, state
+
+    def _restore(self, snapshot: tuple[list[Tensor], dict[Tensor, dict[str, Any]]]) -> None:
+        values, state = snapshot
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        with torch.no_grad():
+            for p, v in zip(params, values):
+                p.copy_(v)
+        for p in params:
+            if p in state:
+                self.optimizer.state[p] = state[p]
+            else:
+                self.optimizer.state.pop(p, None)
 
     def resume(self) -> None:
         """Continue from the run directory's last checkpoint."""
@@ -194,7 +273,13 @@ class Trainer:
                 group["lr"] = group["base_lr"] * scale
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.renderer.parameters(), cfg.train.grad_clip)
+            snapshot = self._optimizer_snapshot()
             self.optimizer.step()
+            # finite gradients can still give non-finite parameters (a huge step): undo such a step
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                self._restore(snapshot)
+                finite = False
         else:
             self.optimizer.zero_grad(set_to_none=True)
         stats = {f"loss_{k}": v for k, v in zip(losses, host[2 : 2 + len(losses)])}
@@ -213,6 +298,8 @@ class Trainer:
         cfg = self.config.train
         self.run.create()
         atomic_write_text(self.run.config, to_yaml(self.config))
+        if self.step == 0:
+            self.metrics.reset()  # an earlier attempt that died before its first checkpoint: start clean
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
@@ -249,12 +336,19 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self._checkpoint(t0)
+        if self.checkpoint_step != self.step:  # the loop's last step may have written it already
+            self._checkpoint(t0)
         return self._summary(time.perf_counter() - t0, self.step - start_step)
 
     def _checkpoint(self, t0: float) -> None:
         self.elapsed = self._elapsed_before + (time.perf_counter() - t0)
         self.save_checkpoint()
+
+    def last_good_checkpoint(self) -> str:
+        """"the last good checkpoint is step N" (read from disk), for error messages."""
+        if self.checkpoint_step is None:
+            return "no checkpoint has been written yet"
+        return f"the last good checkpoint is step {self.checkpoint_step}"
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
@@ -267,11 +361,9 @@ class Trainer:
         self.nonfinite_streak += 1
         limit = self.config.train.max_nonfinite_streak
         if self.nonfinite_streak >= limit:
-            kept = self.run.checkpoint if self.run.checkpoint.is_file() else None
-            where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet"
             raise TrainingDiverged(
-                f"stopped at step {step}: {limit} consecutive steps had a non-finite loss or gradient; "
-                f"{where}; try a lower train.lr or guidance scale"
+                f"stopped at step {step}: {limit} consecutive steps had a non-finite loss, gradient or "
+                f"parameter update; {self._kept_checkpoint()}; try a lower train.lr or guidance scale"
             )
 
     def _log_metrics(self, step: int, result: StepResult, seconds: float, steps_done: int) -> None:
@@ -279,7 +371,7 @@ class Trainer:
         record.update(result.stats)
         record["nonfinite_total"] = self.nonfinite_total
         record["it_per_s"] = steps_done / seconds if seconds > 0 else None
-        record["denoiser_calls"] = self.prior.counter.calls
+        record["denoiser_calls"] = self.denoiser_calls
         self.metrics.append(record)
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -334,7 +426,8 @@ class Trainer:
             "train_seconds": self.elapsed,
             "it_per_s": steps_done / seconds if seconds > 0 else None,
             "nonfinite_steps": self.nonfinite_total,
-            "denoiser_calls_this_session": self.prior.counter.calls,
+            "denoiser_calls_this_session": self.prior.counter.calls - self._counter_start,
+            "denoiser_calls": self.denoiser_calls,
         }
 
 

@@ -26,6 +26,9 @@ def batch(
     device: Optional[str] = typer.Option(None, help="Device for every entry, overriding the file: auto, cpu, cuda, cuda:N."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the resolved entries and run directories; train nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop after the first failed entry."),
+    allow_outside_root: bool = typer.Option(
+        False, "--allow-outside-root", help="Let entries' 'out' be absolute, ~ or climb out of the batch root with '..'."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS", rich_help_panel="Ray executor",
@@ -63,10 +66,16 @@ def batch(
         ray_options = _ray_options(executor, ray, gpus_per_run, cpus_per_run, max_retries)
         batch_file = load_batch_file(file)
         root = out if out is not None else default_batch_root(file)
-        plan = plan_batch(batch_file, root, shard=shard_range, device=device)
+        plan = plan_batch(batch_file, root, shard=shard_range, device=device, allow_outside_root=allow_outside_root)
         if dry_run:
             _print_plan(plan, root, shard)
             raise typer.Exit(1 if any(p.action == "invalid" for p in plan) else 0)
+
+        from msd3d.run_lock import RunLock
+
+        stem = summary_stem(shard_range)
+        # one process per batch root (and shard): held until this command returns
+        summary_lock = RunLock(Path(root) / f".{stem}.lock", what=f"batch root {str(root)!r}").acquire()
 
         counts = {a: sum(p.action == a for p in plan) for a in ("train", "resume", "skip", "invalid")}
         _log(
@@ -76,7 +85,6 @@ def batch(
         for item in plan:
             if item.action == "invalid":
                 _log(f"  {item.error}")
-        stem = summary_stem(shard_range)
         meta: dict[str, Any] = {
             "batch_file": str(file),
             "root": str(root),
@@ -90,17 +98,22 @@ def batch(
             done.sort(key=lambda e: e.index)  # Ray finishes entries in any order
             write_batch_summary(done, root, stem, meta)
 
-        if ray_options is None:
-            result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
-        else:
-            from msd3d.batch_ray import run_ray_batch
+        try:
+            if ray_options is None:
+                result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
+            else:
+                from msd3d.batch_ray import run_ray_batch
 
-            meta["executor"] = f"ray {ray_options.address}"
-            result = run_ray_batch(
-                plan, root, ray_options, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress
-            )
+                meta["executor"] = f"ray {ray_options.address}"
+                result = run_ray_batch(
+                    plan, root, ray_options, show_progress=not quiet, log=_log, fail_fast=fail_fast,
+                    on_result=save_progress,
+                )
+        finally:
+            summary_lock.release()
         json_path, csv_path = write_batch_summary(result, root, stem, meta)
         _print_results(result, root)
+        _write_index(root)
         typer.echo(f"summary: {json_path} and {csv_path}")
         if result.interrupted:
             fail(f"batch interrupted; rerun the same command to resume (summary in {json_path})", 130)
@@ -128,6 +141,16 @@ def _ray_options(
     )
     check_ray_options(options)
     return options
+
+
+def _write_index(root) -> None:
+    """The batch's index.html (and each run's report.html); a page never fails a finished batch."""
+    from msd3d.report import write_batch_index
+
+    try:
+        _log(f"report: {write_batch_index(root)}")
+    except Exception as exc:
+        _log(f"index.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {root}")
 
 
 def _log(message: str) -> None:
@@ -162,14 +185,23 @@ def _print_plan(plan, root: Path, shard: Optional[str]) -> None:
     for item in plan:
         action = f"[{ACTION_STYLES[item.action]}]{item.action}[/]"
         if item.config is None or item.action == "invalid":
-            table.add_row(str(item.index), escape(item.prompt), "", "", "", action, escape(_clip(item.error or "")))
+            table.add_row(str(item.index), _text(item.prompt), "", "", "", action, _text(_clip(item.error or "")))
             continue
         cfg = item.config
         table.add_row(
-            str(item.index), escape(item.prompt), str(cfg.seed), str(cfg.train.steps),
+            str(item.index), _text(item.prompt), str(cfg.seed), str(cfg.train.steps),
             f"{cfg.prior.name}/{cfg.guidance.name}", action, escape(_short(item.run_dir, root)),
         )
     Console(soft_wrap=False).print(table)
+
+
+def _text(text: str) -> str:
+    """User text for a rich table: control characters as escapes (never raw), markup escaped."""
+    from rich.markup import escape
+
+    from msd3d.config import printable
+
+    return escape(printable(text))
 
 
 def _short(path: Any, root: Path) -> str:
@@ -200,7 +232,6 @@ def _fmt(value: Any, spec: str) -> str:
 
 def _print_results(result, root: Path) -> None:
     from rich.console import Console
-    from rich.markup import escape
 
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items())
     table = _table(f"batch finished in {result.seconds:.1f} s: {counts} -> {root}")
@@ -209,8 +240,8 @@ def _print_results(result, root: Path) -> None:
     for e in result.entries:
         scores = e.scores or {}
         table.add_row(
-            str(e.index), escape(e.prompt), _fmt(e.seed, "d"), f"[{STATUS_STYLES.get(e.status, '')}]{e.status}[/]",
+            str(e.index), _text(e.prompt), _fmt(e.seed, "d"), f"[{STATUS_STYLES.get(e.status, '')}]{e.status}[/]",
             _fmt(e.steps, "d"), f"{e.seconds:.1f}", _psnr(scores),
-            escape(_clip(e.error or "") if e.status in ("failed", "interrupted", "not run") else _short(e.run_dir, root)),
+            _text(_clip(e.error or "") if e.status in ("failed", "interrupted", "not run") else _short(e.run_dir, root)),
         )
     Console(soft_wrap=False).print(table)

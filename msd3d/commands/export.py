@@ -106,8 +106,11 @@ def export(
         except ValueError as exc:
             raise Msd3dError(f"{exc} (check the matching export option)") from None
 
-        mesh = extract_mesh(renderer.field, mesh_config)
-        files = export_mesh_files(mesh, out if out is not None else run_dir, stem=stem, formats=mesh_config.formats)
+        from msd3d.train import interrupt_on_signals
+
+        with interrupt_on_signals(lambda name: f"{name} received: export stopped, no mesh file was changed"):
+            mesh = extract_mesh(renderer.field, mesh_config)
+            files = export_mesh_files(mesh, out if out is not None else run_dir, stem=stem, formats=mesh_config.formats)
         info = mesh.metadata.get("msd3d", {})
         for path in files:
             typer.echo(f"wrote {path} ({_size(path)})")

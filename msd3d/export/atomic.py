@@ -13,23 +13,60 @@ behave exactly as they would on the real path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DISK_FULL_ERRNOS",
     "atomic_path",
     "atomic_paths",
     "atomic_write_bytes",
     "atomic_write_files",
     "atomic_write_json",
     "atomic_write_text",
+    "is_disk_full",
     "json_safe",
+    "remove_orphaned_temp_files",
 ]
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+"""``errno`` values that mean the file system is full (or the user's quota is)."""
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[^.]*)?$")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is an ``OSError`` for a full disk."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def remove_orphaned_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that a process killed mid-write left in ``folder`` (not recursive).
+
+    Only call this while holding the folder's lock: another live writer's temporary file looks the same.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if _TEMP_NAME.match(entry.name) and entry.is_file():
+            _remove_quietly(entry)
+            removed.append(entry)
+    return removed
 
 
 def _temp_path_for(path: Path) -> Path:
@@ -82,8 +119,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         _remove_quietly(tmp)
+        if is_disk_full(exc):
+            from msd3d.errors import DiskFullError
+
+            raise DiskFullError(target) from None
         raise
 
 
@@ -108,9 +149,13 @@ def atomic_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]
             _fsync_file(tmp)
         for tmp, target in zip(temps, targets):
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         for tmp in temps:
             _remove_quietly(tmp)
+        if is_disk_full(exc):
+            from msd3d.errors import DiskFullError
+
+            raise DiskFullError(", ".join(str(t) for t in targets)) from None
         raise
 
 

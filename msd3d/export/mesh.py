@@ -68,7 +68,8 @@ class MeshExportConfig:
     """How a field becomes a mesh file."""
 
     resolution: int = 256
-    """Grid points per axis over ``[-bound, bound]`` (marching-cubes cell = 2*bound/(resolution-1))."""
+    """Grid points per axis over ``[-bound, bound]`` (marching-cubes cell = 2*bound/(resolution-1)); 8 to 1024
+    (1024^3 densities take 4 GB)."""
     threshold: Any = "auto"
     """Density iso-level: a positive number, or "auto" = ``min(ln 2 / (2*bound/64), 0.5 * max density)``:
     the density at which a layer 1/64 of the scene width is half opaque (≈ 22 for bound 1, close to
@@ -82,7 +83,7 @@ class MeshExportConfig:
     texture: bool = False
     """UV-unwrap (xatlas) and bake the albedo into a texture image instead of vertex colours."""
     texture_size: int = 1024
-    """Texture width = height in pixels (when ``texture``)."""
+    """Texture width = height in pixels (when ``texture``); 16 to 8192."""
     texture_max_faces: int = 50000
     """With ``texture``, decimate to at most this many faces before unwrapping: xatlas is superlinear
     (on 2 CPU cores about 1 s at 10k faces, 10 s at 40k, 5 min at 150k)."""
@@ -94,6 +95,8 @@ class MeshExportConfig:
     def validate(self) -> None:
         if self.resolution < 8:
             raise ValueError("mesh.resolution must be at least 8")
+        if self.resolution > 1024:
+            raise ValueError(f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}")
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 try:
@@ -111,6 +114,8 @@ class MeshExportConfig:
             raise ValueError("mesh.decimate_faces must be 0 (off) or at least 4")
         if self.texture_size < 16:
             raise ValueError("mesh.texture_size must be at least 16")
+        if self.texture_size > 8192:
+            raise ValueError(f"mesh.texture_size must be at most 8192, got {self.texture_size}")
         if self.texture_max_faces < 4:
             raise ValueError("mesh.texture_max_faces must be at least 4")
         unknown = [f for f in self.formats if f.lower().lstrip(".") not in MESH_FORMATS]

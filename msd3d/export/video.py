@@ -18,15 +18,17 @@ repeating the last row/column. GIF merges consecutive *identical* frames into on
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from msd3d.errors import Msd3dError
+from msd3d.errors import DiskFullError, Msd3dError
 from msd3d.export.atomic import atomic_path
 from msd3d.render.cameras import Cameras, turntable_cameras
 
@@ -43,6 +45,10 @@ __all__ = [
 ]
 
 PANELS = ("rgb", "normals", "depth", "opacity")
+MAX_FRAMES = 3600
+MAX_SIZE = 2048
+MAX_FRAME_BYTES = 8 * 2**30
+"""The turntable is held in memory as uint8 RGB before it is encoded."""
 VIDEO_FORMATS = ("mp4", "gif")
 
 RenderFn = Callable[[Cameras], dict[str, Tensor]]
@@ -53,15 +59,18 @@ class VideoConfig:
     """A turntable: ``frames`` views evenly spaced in azimuth at a fixed elevation and distance."""
 
     frames: int = 120
-    """Views in one full turn (the video's frame count)."""
+    """Views in one full turn (the video's frame count); at most 3600."""
     size: int = 256
-    """Height = width of each panel, in pixels."""
+    """Height = width of each panel, in pixels; at most 2048 (and all frames together at most 8 GiB)."""
     fps: int = 30
     """Frames per second of the written video."""
     elevation: float = 15.0
     """Degrees above the horizon."""
     distance: float = 1.75
-    """Camera distance from the origin, world units."""
+    """Camera distance from the origin, world units (used when video.fill is 0)."""
+    fill: float = 0.85
+    """Frame the object: the camera circles the centre of the object's extent at the distance where
+    its widest view spans this fraction of the frame; 0 = circle the origin at video.distance."""
     fovy: float = 55.0
     """Vertical field of view, degrees."""
     start_azimuth: float = 0.0
@@ -82,18 +91,30 @@ class VideoConfig:
     def validate(self) -> None:
         if self.frames < 1:
             raise ValueError("video.frames must be at least 1")
+        if self.frames > MAX_FRAMES:
+            raise ValueError(f"video.frames must be at most {MAX_FRAMES}, got {self.frames}")
         if self.size < 2:
             raise ValueError("video.size must be at least 2")
+        if self.size > MAX_SIZE:
+            raise ValueError(f"video.size must be at most {MAX_SIZE}, got {self.size}")
         if self.fps < 1:
             raise ValueError("video.fps must be at least 1")
         if self.distance <= 0:
             raise ValueError("video.distance must be positive")
+        if not 0 <= self.fill < 1:
+            raise ValueError("video.fill must lie in [0, 1) (0 = fixed video.distance)")
         if not 0 < self.fovy < 180:
             raise ValueError("video.fovy must lie in (0, 180) degrees")
         if self.format not in VIDEO_FORMATS:
             raise ValueError(f"video.format must be one of {list(VIDEO_FORMATS)}, got {self.format!r}")
         if not self.panels or any(p not in PANELS for p in self.panels):
             raise ValueError(f"video.panels must be a non-empty list of {list(PANELS)}, got {list(self.panels)}")
+        frame_bytes = self.frames * self.size * self.size * len(self.panels) * 3
+        if frame_bytes > MAX_FRAME_BYTES:
+            raise ValueError(
+                f"video.frames x video.size: {self.frames} frames of {len(self.panels)} x {self.size}^2 pixels need "
+                f"{frame_bytes / 2**30:.1f} GiB in memory (at most {MAX_FRAME_BYTES // 2**30}); lower one of them"
+            )
         if self.batch_size < 1:
             raise ValueError("video.batch_size must be at least 1")
         if len(self.background) != 3 or not all(0.0 <= c <= 1.0 for c in self.background):
@@ -106,8 +127,8 @@ class VideoConfig:
             raise ValueError(f"video.depth_colormap {self.depth_colormap!r} is not a matplotlib colormap")
 
 
-def turntable_cameras_for(config: VideoConfig) -> Cameras:
-    """The ``config.frames`` cameras of the turntable (on the CPU)."""
+def turntable_cameras_for(config: VideoConfig, target: tuple[float, float, float] | None = None) -> Cameras:
+    """The ``config.frames`` cameras of the turntable (on the CPU), circling ``target`` (default the origin)."""
     return turntable_cameras(
         config.frames,
         config.size,
@@ -116,6 +137,7 @@ def turntable_cameras_for(config: VideoConfig) -> Cameras:
         distance=config.distance,
         fovy=config.fovy,
         start_azimuth=config.start_azimuth,
+        target=target,
     )
 
 
@@ -186,16 +208,21 @@ def render_turntable(
     config: VideoConfig | None = None,
     device: torch.device | str = "cpu",
     show_progress: bool = True,
+    target: tuple[float, float, float] | None = None,
+    progress: Any | None = None,
 ) -> np.ndarray:
     """Render the turntable → frames (N, H, W * len(panels), 3) uint8, panels left to right.
 
     ``render_fn`` receives ``Cameras`` batches (at most ``config.batch_size`` views, on ``device``)
     and returns the images named in the module docstring; it runs under ``torch.no_grad``.
-    ``show_progress`` shows a transient rich progress bar.
+    The cameras circle ``target`` (default the origin) at ``config.distance``; framing from the
+    object's extent (``config.fill``) is the caller's job (``msd3d.assets.frame_turntable``).
+    ``show_progress`` shows a transient rich progress bar, or the frames go to ``progress`` (a
+    running ``msd3d.progress.make_progress`` display, e.g. the finishing stage's) when given.
     """
     config = config or VideoConfig()
     config.validate()
-    cameras = turntable_cameras_for(config)
+    cameras = turntable_cameras_for(config, target)
     n, size = config.frames, config.size
     frames = np.empty((n, size, size * len(config.panels), 3), np.uint8)
     depth_raw = np.empty((n, size, size), np.float32) if "depth" in config.panels else None
@@ -204,8 +231,10 @@ def render_turntable(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("turntable"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not show_progress) as bar:
-        task = bar.add_task("render", total=n)
+    own = Progress(*columns, transient=True, disable=not show_progress or progress is not None)
+    with own:
+        bar = progress if progress is not None else own
+        task = bar.add_task("turntable", total=n)
         for start in range(0, n, config.batch_size):
             stop = min(start + config.batch_size, n)
             outputs = render_fn(cameras[start:stop].to(device))
@@ -276,13 +305,15 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: int, quality: int) -> None:
         pix_fmt_out="yuv420p",
         quality=quality,
         macro_block_size=1,  # sizes are already even; never let imageio-ffmpeg rescale
-        ffmpeg_log_level="error",
+        ffmpeg_log_level="quiet",  # failures are reported in one line by the check in write_video
         output_params=["-movflags", "+faststart"],
     )
-    writer.send(None)  # start ffmpeg
     try:
+        writer.send(None)  # start ffmpeg
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
+    except OSError:
+        pass  # ffmpeg exited early (e.g. a full disk: broken pipe); _check_written reports what is missing
     finally:
         writer.close()
 
@@ -314,7 +345,50 @@ def write_video(
             _write_mp4(array, tmp, fps, quality)
         else:
             _write_gif(array, tmp, fps)
+        _check_written(tmp, path, fmt, len(array))
     return path
+
+
+def count_video_frames(path: str | os.PathLike[str]) -> int:
+    """Frames that decode from an MP4 (ffmpeg) or GIF (Pillow); 0 when the file does not decode."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    try:
+        if path.stat().st_size == 0:
+            return 0
+        if fmt == "mp4":
+            import imageio_ffmpeg
+
+            return int(imageio_ffmpeg.count_frames_and_secs(str(path))[0])
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as image:
+            count = 0
+            for frame in ImageSequence.Iterator(image):
+                frame.load()
+                count += 1
+            return count
+    except Exception:  # noqa: BLE001 - any decoder failure means the file is not a usable video
+        return 0
+
+
+def _check_written(tmp: Path, target: Path, fmt: str, expected: int) -> None:
+    """Raise unless ``tmp`` decodes to the frames just written (then ``atomic_path`` keeps the old file).
+
+    The encoder's own exit status is not reported by imageio-ffmpeg, so a full disk used to leave an
+    empty or truncated file that was then renamed over a good video.
+    """
+    count = count_video_frames(tmp)
+    # GIF merges consecutive identical frames (Pillow), so it may hold fewer than were written
+    complete = count == expected if fmt == "mp4" else 1 <= count <= expected
+    if complete:
+        return
+    if shutil.disk_usage(tmp.parent).free < 1 << 20:  # the usual cause: the encoder hit a full disk
+        raise DiskFullError(target, "; the existing file (if any) is unchanged")
+    raise Msd3dError(
+        f"writing {target} failed: the encoded video holds {count} of {expected} frames; "
+        "the existing file (if any) is unchanged; check the disk and rerun"
+    )
 
 
 def read_video_frames(path: str | os.PathLike[str]) -> np.ndarray:

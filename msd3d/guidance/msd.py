@@ -5,7 +5,7 @@ The mean-shift vector ``m(x) = E_{y~q}[y] - x`` with ``q(y|x) ∝ p(y|c) G_lambd
 MSD draws ``y ~ q`` with the prior's own reverse process plus the kernel's score and returns
 ``target = mean_k y_k`` for the loss ``1/2 ||x - target||^2``, so the gradient is ``-m(x)`` (estimated).
 
-Sampler (VE coordinates, DESIGN.md §1): start at ``z = x + s_noise * sigma_start * n``; for each
+Sampler (VE coordinates, docs/design.md §1): start at ``z = x + s_noise * sigma_start * n``; for each
 step ``sigma -> sigma'`` take a DDIM step ``z' = D + (sigma'/sigma)(z - D)`` (with optional eta noise),
 then integrate the kernel term exactly over the step (operator splitting):
 

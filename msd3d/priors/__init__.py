@@ -1,4 +1,4 @@
-"""Diffusion priors in VE-denoiser coordinates (DESIGN.md §2).
+"""Diffusion priors in VE-denoiser coordinates (docs/design.md §2).
 
 * :class:`~msd3d.priors.stable_diffusion.StableDiffusionPrior` — any SD 1.x/2.x checkpoint;
 * :class:`~msd3d.priors.oracle.OraclePrior` — the exact, weight-free prior over a catalogue of shapes;

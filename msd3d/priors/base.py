@@ -1,6 +1,6 @@
 """The one interface every diffusion prior shares: a VE denoiser with classifier-free guidance.
 
-Coordinates (DESIGN.md §2): clean data ``y``, noisy ``z = y + sigma * n`` and a denoiser
+Coordinates (docs/design.md §2): clean data ``y``, noisy ``z = y + sigma * n`` and a denoiser
 ``D(z, sigma, cond) ~= E[y | z]``. Guidance methods (SDS, MSD, SDI) are written once against this
 class and never know which prior they run on.
 

@@ -1,6 +1,6 @@
 """Stable Diffusion (any SD 1.x / 2.x diffusers checkpoint) as a VE-denoiser prior.
 
-Conversion between SD's discrete VP parameterisation and msd3d's VE denoiser (DESIGN.md §2),
+Conversion between SD's discrete VP parameterisation and msd3d's VE denoiser (docs/design.md §2),
 exact for every sigma, not only on the 1000 training timesteps:
 
 * noise level: ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``, i.e. ``alpha_bar = 1 / (1 + sigma^2)``;

@@ -12,6 +12,7 @@ Conventions (shared by the renderer, the oracle prior and the exporters):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,15 +124,19 @@ def orbit_cameras(
     fovy_deg: Tensor,
     height: int,
     width: int | None = None,
+    target: Tensor | None = None,
 ) -> Cameras:
-    """Cameras on a sphere around the origin; angles in degrees, all tensors (B,)."""
+    """Cameras on a sphere around ``target`` (default the origin) looking at it; angles in degrees,
+    all tensors (B,); ``target`` (3,)."""
     e, a = torch.deg2rad(elevation), torch.deg2rad(azimuth)
     positions = distance[:, None] * torch.stack(
         [torch.cos(e) * torch.cos(a), torch.cos(e) * torch.sin(a), torch.sin(e)], dim=-1
     )
+    if target is not None:
+        positions = positions + target.to(positions)
     azimuth = (azimuth + 180.0) % 360.0 - 180.0
     return Cameras(
-        c2w=look_at(positions),
+        c2w=look_at(positions, None if target is None else target.to(positions)),
         fovy=torch.deg2rad(fovy_deg),
         height=height,
         width=width or height,
@@ -154,7 +159,7 @@ class CameraConfig:
     fovy_range: tuple[float, float] = (40.0, 70.0)
     """Training vertical field of view, degrees."""
     batch_size: int = 1
-    """Views per optimisation step."""
+    """Views per optimisation step; at most 64."""
     eval_elevation: float = 15.0
     """Elevation of validation and scoring turntables, degrees."""
     eval_distance: float = 1.75
@@ -179,6 +184,8 @@ class CameraConfig:
             raise ValueError("camera.fovy_range must lie in (0, 180) degrees")
         if self.batch_size < 1:
             raise ValueError("camera.batch_size must be at least 1")
+        if self.batch_size > 64:
+            raise ValueError(f"camera.batch_size must be at most 64, got {self.batch_size}")
 
 
 def _uniform(lo: float, hi: float, n: int, generator: torch.Generator | None) -> Tensor:
@@ -205,11 +212,51 @@ def turntable_cameras(
     distance: float = 1.75,
     fovy: float = 55.0,
     start_azimuth: float = 0.0,
+    target: tuple[float, float, float] | None = None,
 ) -> Cameras:
-    """``n`` views evenly spaced in azimuth (a full circle), starting from the front."""
+    """``n`` views evenly spaced in azimuth (a full circle), starting from the front, circling
+    ``target`` (default the origin) at ``distance`` from it."""
     azimuth = start_azimuth + torch.arange(n, dtype=torch.float32) * (360.0 / n)
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    return orbit_cameras(full(elevation), azimuth, full(distance), full(fovy), height, width)
+    centre = None if target is None else torch.tensor(target, dtype=torch.float32)
+    return orbit_cameras(full(elevation), azimuth, full(distance), full(fovy), height, width, target=centre)
+
+
+def frame_points(
+    points: Tensor,
+    elevation: float,
+    fovy: float,
+    fill: float,
+    azimuths: Tensor,
+    min_distance: float = 0.05,
+) -> tuple[float, tuple[float, float, float]]:
+    """Camera distance and target that make ``points`` fill ``fill`` of a square frame.
+
+    points: (P, 3) world points of the object (e.g. its occupied cells); azimuths: (N,) degrees of
+    the turntable's views. The target is the centre of the points' bounding box; the distance is the
+    smallest for which every point projects inside ``fill`` of the half-frame (in both image axes)
+    in every view, so the object's widest view spans ``fill`` of the frame. Returns
+    ``(distance, (x, y, z))``.
+    """
+    points = points.detach().float().cpu()
+    lo, hi = points.min(dim=0).values, points.max(dim=0).values
+    centre = 0.5 * (lo + hi)
+    rel = points - centre  # (P, 3)
+    e = torch.deg2rad(torch.tensor(float(elevation)))
+    a = torch.deg2rad(azimuths.float().cpu())  # (N,)
+    # camera frame per view (as look_at builds it): forward from camera to target, right, up
+    back = torch.stack([torch.cos(e) * torch.cos(a), torch.cos(e) * torch.sin(a), torch.sin(e).expand_as(a)], -1)
+    right = torch.stack([-torch.sin(a), torch.cos(a), torch.zeros_like(a)], -1)  # (N, 3) = forward x up_z
+    up = torch.linalg.cross(back, right)  # (N, 3): right x forward with forward = -back
+    x = rel @ right.T  # (P, N) coordinates in the camera frame, relative to the target
+    y = rel @ up.T
+    z = rel @ back.T  # towards the camera
+    tan_half = math.tan(math.radians(fovy) / 2.0) * fill
+    # a point projects inside the frame at distance d when max(|x|, |y|) <= (d - z) * tan_half
+    needed = z + torch.maximum(x.abs(), y.abs()) / tan_half  # (P, N)
+    near = z + 1e-3  # the camera must also stay in front of every point
+    distance = float(torch.maximum(needed, near).max())
+    return max(distance, min_distance), (float(centre[0]), float(centre[1]), float(centre[2]))
 
 
 VIEW_NAMES = ("front", "side", "back", "overhead")

@@ -14,7 +14,7 @@ Two sampling paths feed the same field, shading and compositing (``nerfacc.rende
 
 Either way the grid is refreshed every ``grid_update_interval`` steps by
 :meth:`VolumeRenderer.update_occupancy` (the trainer calls it every step) and a fresh grid is filled
-once before its first use: an empty grid yields no samples and no gradient (DESIGN §6).
+once before its first use: an empty grid yields no samples and no gradient (docs/design.md §6).
 
 Conventions: rays come from :meth:`Cameras.rays` (unit directions), ``depth`` is the expected distance
 along the ray (not camera z) over the opacity, ``normals`` is the weight-summed unit sample normals
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import nerfacc
 import torch
@@ -40,14 +41,47 @@ GRID_MODES = ("auto", "true", "false")
 RAY_BOUNDS = ("aabb", "near_far")
 
 
+@torch.no_grad()
+def _update_grid(
+    estimator: nerfacc.OccGridEstimator,
+    step: int,
+    occ_eval_fn: Callable[[Tensor], Tensor],
+    occ_thre: float,
+    ema_decay: float,
+    warmup_steps: int,
+) -> None:
+    """nerfacc's ``OccGridEstimator._update``, made deterministic.
+
+    After the warm-up nerfacc samples random cells plus occupied ones, so a cell can appear twice;
+    its ``occs[ids] = max(occs[ids] * decay, occ)`` then keeps whichever duplicate write lands last,
+    which varies between runs on a multi-threaded CPU. Here duplicates are combined with a
+    scatter-max (the order of a max does not matter), the update nerfacc's own comment intends.
+    The random draws are nerfacc's, in the same order.
+    """
+    if step < warmup_steps:
+        lvl_indices = estimator._get_all_cells()
+    else:
+        lvl_indices = estimator._sample_uniform_and_occupied_cells(estimator.cells_per_lvl // 4)
+    for lvl, indices in enumerate(lvl_indices):
+        grid_coords = estimator.grid_coords[indices]
+        x = (grid_coords + torch.rand_like(grid_coords, dtype=torch.float32)) / estimator.resolution
+        x = estimator.aabbs[lvl, :3] + x * (estimator.aabbs[lvl, 3:] - estimator.aabbs[lvl, :3])
+        occ = occ_eval_fn(x).squeeze(-1)
+        cell_ids = lvl * estimator.cells_per_lvl + indices
+        updated = torch.maximum(estimator.occs[cell_ids] * ema_decay, occ)
+        estimator.occs.scatter_reduce_(0, cell_ids, updated, reduce="amax", include_self=False)
+    thre = torch.clamp(estimator.occs[estimator.occs >= 0].mean(), max=occ_thre)
+    estimator.binaries = (estimator.occs > thre).view(estimator.binaries.shape)
+
+
 @dataclass
 class RenderConfig:
     resolution: int = 64
-    """Training render size (H = W) that the trainer asks its cameras for."""
+    """Training render size (H = W) that the trainer asks its cameras for; at most 1024."""
     eval_resolution: int = 128
-    """Size of evaluation renders (turntables, previews)."""
+    """Size of evaluation renders (turntables, previews); at most 2048."""
     samples_per_ray: int = 48
-    """Batched path: samples per ray between the ray's entry and exit of the scene box."""
+    """Batched path: samples per ray between the ray's entry and exit of the scene box; at most 1024."""
     ray_bounds: str = "aabb"
     """"aabb": sample where the ray is inside [-bound, bound]^3 (and [near, far]); "near_far": [near, far]."""
     near: float = 0.05
@@ -60,7 +94,7 @@ class RenderConfig:
     """"auto"/"true": skip empty space with an occupancy grid (CUDA: nerfacc packed marching; CPU: the
     batched samples in empty cells are not queried); "false": query every sample."""
     grid_resolution: int = 32
-    """Cells per axis of the occupancy grid over the scene box."""
+    """Cells per axis of the occupancy grid over the scene box; at most 512."""
     grid_update_interval: int = 16
     """Training steps between occupancy-grid refreshes."""
     grid_warmup_steps: int = 256
@@ -77,8 +111,14 @@ class RenderConfig:
     def validate(self) -> None:
         if self.resolution < 1 or self.eval_resolution < 1:
             raise ValueError("render.resolution and render.eval_resolution must be at least 1")
+        if self.resolution > 1024:
+            raise ValueError(f"render.resolution must be at most 1024, got {self.resolution}")
+        if self.eval_resolution > 2048:
+            raise ValueError(f"render.eval_resolution must be at most 2048, got {self.eval_resolution}")
         if self.samples_per_ray < 1:
             raise ValueError("render.samples_per_ray must be at least 1")
+        if self.samples_per_ray > 1024:
+            raise ValueError(f"render.samples_per_ray must be at most 1024, got {self.samples_per_ray}")
         if self.ray_bounds not in RAY_BOUNDS:
             raise ValueError(f"render.ray_bounds must be one of {', '.join(RAY_BOUNDS)}, got {self.ray_bounds!r}")
         if not 0 <= self.near < self.far:
@@ -87,6 +127,8 @@ class RenderConfig:
             raise ValueError(f"render.use_occupancy_grid must be auto, true or false, got {self.use_occupancy_grid!r}")
         if self.grid_resolution < 1:
             raise ValueError("render.grid_resolution must be at least 1")
+        if self.grid_resolution > 512:
+            raise ValueError(f"render.grid_resolution must be at most 512, got {self.grid_resolution}")
         if self.grid_update_interval < 1:
             raise ValueError("render.grid_update_interval must be at least 1")
         if self.grid_warmup_steps < 0:
@@ -259,7 +301,8 @@ class VolumeRenderer(nn.Module):
             return False
         assert self.estimator is not None
         step_size = self._grid_step_size(self.grid_ready.device)
-        self.estimator._update(
+        _update_grid(
+            self.estimator,
             step=step,
             occ_eval_fn=lambda x: self.field.density(x) * step_size,
             occ_thre=self.config.occupancy_threshold,

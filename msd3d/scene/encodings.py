@@ -1,6 +1,6 @@
 """Grid encodings of 3-D points built on ``torch.nn.functional.grid_sample``.
 
-Why grid_sample and not a hash grid: DESIGN §6 measured a pure-PyTorch multi-resolution hash grid
+Why grid_sample and not a hash grid: docs/design.md §6 measured a pure-PyTorch multi-resolution hash grid
 20x (GPU) to 100x (2 CPU cores) slower than ``grid_sample``-based grids of similar capacity, because
 its gathers, hashing and scatter-add backward run as many small kernels. ``grid_sample`` is one fused
 kernel per call (forward and backward) on CPU and CUDA, and in current PyTorch it is twice
