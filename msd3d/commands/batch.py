@@ -3,6 +3,7 @@
 Exit codes: 0 when no entry failed (ok or skipped), 1 when any entry failed (each failure is
 recorded in ``batch_summary.json`` / ``.csv`` with its error line), 2 when the batch file or an
 option is unusable (nothing runs), 130 when interrupted (rerun the same command to resume).
+``--ray ADDRESS`` / ``--executor ray`` run the entries as Ray tasks (:mod:`msd3d.workflows.batch_ray`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,25 @@ def batch(
         False, "--allow-outside-root", help="Let entries' 'out' be absolute, ~ or climb out of the batch root with '..'."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS", rich_help_panel="Ray executor",
+        help="Run entries as Ray tasks (needs the ray extra): --ray local starts Ray on this machine (one entry per "
+        "GPU); --ray auto or --ray HOST:PORT joins a running cluster.",
+    ),
+    executor: Optional[str] = typer.Option(
+        None, metavar="local|ray", rich_help_panel="Ray executor",
+        help="local (default: one entry after another in this process) or ray (Ray on this machine, as --ray local).",
+    ),
+    gpus_per_run: Optional[float] = typer.Option(
+        None, min=0, rich_help_panel="Ray executor", help="GPUs per entry with Ray (default: 1 if the cluster has GPUs, else 0)."
+    ),
+    cpus_per_run: float = typer.Option(
+        1.0, rich_help_panel="Ray executor",
+        help="CPUs (and torch threads) per entry with Ray; on a CPU-only machine entries at once = CPUs / this.",
+    ),
+    max_retries: int = typer.Option(
+        3, min=0, rich_help_panel="Ray executor", help="Restarts of an entry whose Ray worker or node is lost (it resumes from its checkpoint)."
+    ),
 ) -> None:
     """Train every prompt of FILE; finished entries are skipped and interrupted ones resume.
 
@@ -43,6 +63,7 @@ def batch(
         from msd3d.workflows.batch_runner import write_batch_summary
 
         shard_range = parse_shard(shard)
+        ray_options = _ray_options(executor, ray, gpus_per_run, cpus_per_run, max_retries)
         batch_file = load_batch_file(file)
         root = out if out is not None else default_batch_root(file)
         plan = plan_batch(batch_file, root, shard=shard_range, device=device, allow_outside_root=allow_outside_root)
@@ -74,10 +95,20 @@ def batch(
 
         def save_progress(result) -> None:  # keep the summary current, so a crash still leaves one
             done.append(result)
+            done.sort(key=lambda e: e.index)  # Ray finishes entries in any order
             write_batch_summary(done, root, stem, meta)
 
         try:
-            result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
+            if ray_options is None:
+                result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
+            else:
+                from msd3d.workflows.batch_ray import run_ray_batch
+
+                meta["executor"] = f"ray {ray_options.address}"
+                result = run_ray_batch(
+                    plan, root, ray_options, show_progress=not quiet, log=_log, fail_fast=fail_fast,
+                    on_result=save_progress,
+                )
         finally:
             summary_lock.release()
         json_path, csv_path = write_batch_summary(result, root, stem, meta)
@@ -89,6 +120,27 @@ def batch(
         if result.failed:
             _log(f"{result.failed} of {len(result.entries)} entries failed; see the error column of {csv_path}")
             raise typer.Exit(1)
+
+
+def _ray_options(
+    executor: Optional[str], address: Optional[str], gpus_per_run: Optional[float], cpus_per_run: float, max_retries: int
+):
+    """The Ray executor's options (checked; Ray must be installed), or None for the local executor."""
+    from msd3d.errors import Msd3dError
+
+    if executor not in (None, "local", "ray"):
+        raise Msd3dError(f"--executor {executor!r} is not local or ray")
+    if executor == "local" and address is not None:
+        raise Msd3dError("--executor local and --ray contradict each other; drop one")
+    if executor != "ray" and address is None:
+        return None
+    from msd3d.workflows.batch_ray import RayOptions, check_ray_options
+
+    options = RayOptions(
+        address=address or "local", gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, max_retries=max_retries
+    )
+    check_ray_options(options)
+    return options
 
 
 def _write_index(root) -> None:

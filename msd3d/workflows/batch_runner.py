@@ -19,6 +19,9 @@ an existing folder that holds files but is not an msd3d run is never written int
 Resuming: an entry whose ``summary.json`` reports ``steps >= train.steps`` is skipped; one with a
 checkpoint but no finished summary continues from it (``generate(..., resume=True)``); otherwise
 it trains from scratch. Sharding (``shard=(i, n)``) runs the entries with ``index % n == i``.
+
+Executors: :func:`run_batch` runs the entries one after another in this process;
+:func:`msd3d.workflows.batch_ray.run_ray_batch` runs them as Ray tasks. Both call :func:`run_entry`.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from msd3d.atomic_io import atomic_write_text
 from msd3d.config import RunConfig, check_text, load_config, resolve_recipe
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.naming import run_name
+
+if TYPE_CHECKING:
+    from msd3d.run_dir import RunDir
 
 __all__ = [
     "ENTRY_KEYS",
@@ -52,6 +58,10 @@ __all__ = [
     "parse_shard",
     "plan_batch",
     "run_batch",
+    "run_entry",
+    "run_dir_action",
+    "not_run",
+    "PriorCache",
     "write_batch_summary",
     "summary_stem",
     "finished_summary",
@@ -361,6 +371,13 @@ def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
     return None
 
 
+def run_dir_action(config: RunConfig, run: "RunDir") -> str:
+    """What the run directory calls for now: "skip" (finished), "resume" (a checkpoint) or "train"."""
+    if finished_summary(run.root, config.train.steps) is not None:
+        return "skip"
+    return "resume" if run.checkpoint.is_file() else "train"
+
+
 def plan_batch(
     batch: BatchFile,
     root: str | Path,
@@ -400,12 +417,7 @@ def plan_batch(
                 owners[key] = entry.index
         if item.error is None:
             assert item.config is not None and item.run_dir is not None
-            if finished_summary(item.run_dir, item.config.train.steps) is not None:
-                item.action = "skip"
-            elif RunDir(item.run_dir).checkpoint.is_file():
-                item.action = "resume"
-            else:
-                item.action = "train"
+            item.action = run_dir_action(item.config, RunDir(item.run_dir))
         plan.append(item)
     if shard is not None:
         plan = [p for p in plan if p.index % shard[1] == shard[0]]
@@ -489,7 +501,7 @@ def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-class _PriorCache:
+class PriorCache:
     """Keeps the last prior built, so consecutive entries with the same prior settings and device
     share it (Stable Diffusion loads once per batch, not once per entry). A prior that failed to
     build fails the later entries that need it with the same line, without retrying."""
@@ -517,6 +529,78 @@ class _PriorCache:
         return self._prior
 
 
+def run_entry(
+    item: PlannedEntry,
+    priors: PriorCache | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+    position: str = "",
+    on_step: Callable[[int], None] | None = None,
+) -> EntryResult:
+    """Run one planned entry: train (or resume, or skip), then score, export the mesh and render.
+
+    The work every executor shares (local loop, Ray task). Whether to skip, resume or train is
+    decided from the run directory now, not from the plan, so a retry after a lost worker resumes
+    from the checkpoint the lost attempt wrote. The entry's own failure never raises: it is
+    recorded ("failed" with a one-line error; "interrupted" after SIGINT/SIGTERM or
+    KeyboardInterrupt, with a checkpoint to resume from). ``position`` (e.g. ``"[2/5]"``) prefixes
+    the log lines; ``on_step(step)`` is called after every training step.
+    """
+    from msd3d.workflows.text_to_3d import generate
+    from msd3d.run_dir import RunDir
+    from msd3d.train import TrainingInterrupted
+
+    tag = f"{position} entry {item.index}".strip()
+    result = EntryResult(
+        index=item.index, prompt=item.prompt, status="failed", seed=item.seed,
+        run_dir=str(item.run_dir) if item.run_dir is not None else None,
+    )
+    if item.action == "invalid" or item.config is None or item.run_dir is None:
+        result.error = item.error
+        log(f"{position} failed: {item.error}".strip())
+        return result
+    action = run_dir_action(item.config, RunDir(item.run_dir))
+    if action == "skip":
+        _from_summary(result, finished_summary(item.run_dir, item.config.train.steps) or {})
+        result.status = "skipped"
+        log(f"{tag} {item.prompt!r}: skipped, already finished in {item.run_dir}")
+        return result
+    verb = "resuming" if action == "resume" else "training"
+    log(f"{tag} {item.prompt!r} (seed {item.seed}): {verb} {item.config.train.steps} steps -> {item.run_dir}")
+    t0 = time.perf_counter()
+    try:
+        prior = (priors or PriorCache()).get(item.config)
+        summary = generate(
+            item.config, item.run_dir, resume=action == "resume", prior=prior,
+            show_progress=show_progress, log=log, on_step=on_step,
+        )
+        _from_summary(result, summary)
+        result.status = "ok"
+    except (TrainingInterrupted, KeyboardInterrupt) as exc:
+        result.status = "interrupted"
+        result.error = _error_line(exc) if isinstance(exc, TrainingInterrupted) else "interrupted"
+    except Exception as exc:  # noqa: BLE001 - any failure of one entry is recorded, the batch goes on
+        result.error = f"entry {item.index}: {_error_line(exc)}"
+        if not isinstance(exc, Msd3dError):  # a bug, not a user error: keep the traceback visible
+            log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+    result.seconds = time.perf_counter() - t0
+    if result.status == "ok":
+        log(f"{tag}: ok in {result.seconds:.1f} s{_score_text(result.scores)}")
+    elif result.status == "failed":
+        log(f"{position} failed after {result.seconds:.1f} s: {result.error}".strip())
+    else:
+        log(f"{tag}: interrupted after {result.seconds:.1f} s; rerun the batch to resume it")
+    return result
+
+
+def not_run(item: PlannedEntry, reason: str) -> EntryResult:
+    """The row of an entry the batch did not get to (after an interrupt or ``--fail-fast``)."""
+    return EntryResult(
+        index=item.index, prompt=item.prompt, status="not run", seed=item.seed,
+        run_dir=str(item.run_dir) if item.run_dir is not None else None, error=reason,
+    )
+
+
 def run_batch(
     plan: Sequence[PlannedEntry],
     show_progress: bool = True,
@@ -524,66 +608,26 @@ def run_batch(
     fail_fast: bool = False,
     on_result: Callable[[EntryResult], None] | None = None,
 ) -> BatchResult:
-    """Run the planned entries in order; a failing entry is recorded and the batch goes on.
+    """Run the planned entries in order (:func:`run_entry` each); a failing entry is recorded and
+    the batch goes on.
 
     ``SIGINT``/``SIGTERM`` during training (``TrainingInterrupted``) or ``KeyboardInterrupt``
     stops the batch: the entry is recorded as "interrupted" (its checkpoint lets the next
     invocation resume it), the rest as "not run", and ``BatchResult.interrupted`` is set.
     ``on_result`` is called after each entry (e.g. to rewrite the summary files as it goes).
     """
-    from msd3d.workflows.text_to_3d import generate
-    from msd3d.train import TrainingInterrupted
-
     results: list[EntryResult] = []
-    priors = _PriorCache()
+    priors = PriorCache()
     t_batch = time.perf_counter()
     total = len(plan)
     interrupted = False
     stop = False
     for k, item in enumerate(plan, start=1):
-        tag = f"[{k}/{total}] entry {item.index}"
-        result = EntryResult(
-            index=item.index, prompt=item.prompt, status="failed", seed=item.seed,
-            run_dir=str(item.run_dir) if item.run_dir is not None else None,
-        )
         if interrupted or stop:
-            result.status = "not run"
-            result.error = "batch interrupted" if interrupted else "not run (--fail-fast after a failure)"
-        elif item.action == "invalid":
-            result.error = item.error
-            log(f"[{k}/{total}] failed: {item.error}")
-        elif item.action == "skip":
-            summary = finished_summary(item.run_dir, item.config.train.steps)  # type: ignore[arg-type,union-attr]
-            _from_summary(result, summary or {})
-            result.status = "skipped"
-            log(f"{tag} {item.prompt!r}: skipped, already finished in {item.run_dir}")
+            result = not_run(item, "batch interrupted" if interrupted else "not run (--fail-fast after a failure)")
         else:
-            verb = "resuming" if item.action == "resume" else "training"
-            log(f"{tag} {item.prompt!r} (seed {item.seed}): {verb} {item.config.train.steps} steps -> {item.run_dir}")  # type: ignore[union-attr]
-            t0 = time.perf_counter()
-            try:
-                prior = priors.get(item.config)  # type: ignore[arg-type]
-                summary = generate(
-                    item.config, item.run_dir, resume=item.action == "resume", prior=prior,  # type: ignore[arg-type]
-                    show_progress=show_progress, log=log,
-                )
-                _from_summary(result, summary)
-                result.status = "ok"
-            except (TrainingInterrupted, KeyboardInterrupt) as exc:
-                result.status = "interrupted"
-                result.error = _error_line(exc) if isinstance(exc, TrainingInterrupted) else "interrupted"
-                interrupted = True
-            except Exception as exc:  # noqa: BLE001 - any failure of one entry is recorded, the batch goes on
-                result.error = f"entry {item.index}: {_error_line(exc)}"
-                if not isinstance(exc, Msd3dError):  # a bug, not a user error: keep the traceback visible
-                    log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
-            result.seconds = time.perf_counter() - t0
-            if result.status == "ok":
-                log(f"{tag}: ok in {result.seconds:.1f} s{_score_text(result.scores)}")
-            elif result.status == "failed":
-                log(f"[{k}/{total}] failed after {result.seconds:.1f} s: {result.error}")
-            else:
-                log(f"{tag}: interrupted after {result.seconds:.1f} s; rerun the batch to resume it")
+            result = run_entry(item, priors, show_progress=show_progress, log=log, position=f"[{k}/{total}]")
+            interrupted = result.status == "interrupted"
         if result.status == "failed" and fail_fast:
             stop = True
         results.append(result)

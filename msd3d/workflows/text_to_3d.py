@@ -69,12 +69,14 @@ def generate(
     prior: DiffusionPrior | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run, then score it and write the mesh, the turntable and report.html.
 
     Returns the summary that is also written to ``summary.json``. The run folder is locked for the
     whole call (a second process gets a one-line error naming this one), must be new, empty or an
     msd3d run, and temporary files of a process killed mid-write are removed first.
+    ``on_step(step)`` is called after every training step (e.g. to report progress from a batch worker).
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
@@ -102,7 +104,14 @@ def generate(
             f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
         )
         try:
-            summary = trainer.fit(on_step=ScoreLogger(trainer))
+            score_logger = ScoreLogger(trainer)
+
+            def each_step(step: int) -> None:
+                score_logger(step)
+                if on_step is not None:
+                    on_step(step)
+
+            summary = trainer.fit(on_step=each_step)
             with interrupt_on_signals(stopped), make_progress(show_progress) as progress:
                 summary.update(finish(trainer, show_progress=show_progress, log=log, progress=progress))
                 write_json(trainer.run.summary, summary)
