@@ -27,7 +27,7 @@ def two_class_mixture() -> GaussianMixturePrior:
 
 
 def _train(prior: GaussianMixturePrior, steps: int) -> LearnedMixturePrior:
-    cfg = Denoiser2DConfig(hidden=64, layers=3, steps=steps, batch=256, lr=1e-2, max_seconds=30.0)
+    cfg = Denoiser2DConfig(hidden=64, layers=3, steps=steps, batch=256, max_seconds=30.0)
     return train_mixture_denoiser(prior, cfg)
 
 
