@@ -30,7 +30,7 @@ class PriorConfig:
     """Which prior a text-to-3D run distils from, and each prior's settings."""
 
     name: str = "sd"
-    """"sd" (Stable Diffusion) or "oracle" (offline shape catalogue)."""
+    """"sd" (Stable Diffusion), "oracle" (offline shape catalogue) or "learned" (a UNet trained on the catalogue)."""
     sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     learned: LearnedPriorConfig = field(default_factory=LearnedPriorConfig)

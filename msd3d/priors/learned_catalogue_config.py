@@ -11,8 +11,8 @@ class LearnedPriorConfig:
     """Which trained catalogue UNet ``prior.name: learned`` loads."""
 
     weights: str = ""
-    """Path of a safetensors file written by ``scripts/train_learned_prior.py``; none ships with the
-    package yet (no CPU-trained model was good enough), so train one and point here."""
+    """Path of a safetensors file written by ``scripts/train_learned_prior.py``. None ships with the
+    package yet (none has been trained to a usable quality), so train one and point here."""
     timestep_mapping: str = "interp"
     """sigma -> UNet timestep, as ``prior.sd.timestep_mapping``."""
 
