@@ -112,3 +112,28 @@ def test_toy2d_learned_denoiser_trains_once_then_reuses(tmp_path):
     third = run_toy2d(replace(cfg, denoiser_train=replace(cfg.denoiser_train, steps=11)), out, show_progress=False)
     assert not third["denoiser"]["reused"] and third["denoiser"]["training"]["steps_run"] == 11
     json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--denoiser", "neural"], "unknown --denoiser"),
+        (["--kernel-interval", "0.7,0.2"], "--kernel-interval must be"),
+        (["--kernel-interval", "half"], "--kernel-interval must be"),
+        (["--denoiser-steps", "0"], "--denoiser-steps must be at least 1"),
+        (["--methods", "msd-exp@0"], "sampler steps >= 1"),
+    ],
+)
+def test_cli_rejects_bad_learned_options_with_one_line(args, message):
+    import typer
+    from typer.testing import CliRunner
+
+    from msd3d.commands.toy2d import toy2d
+
+    app = typer.Typer()
+    app.command("toy2d")(toy2d)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["toy2d", *args, "--no-progress"])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
