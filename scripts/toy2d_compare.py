@@ -19,9 +19,20 @@ import sys
 from pathlib import Path
 
 
-def _load(folder: Path) -> dict:
-    data = json.loads((folder / "results.json").read_text())
-    return data if "methods" not in data else {data["dataset"]["name"]: data}
+def _load(folders: str) -> dict:
+    """Results by dataset from comma-separated folders: suite folders (``--dataset all``), single-dataset
+    folders, or folders of single-dataset subfolders."""
+    out: dict = {}
+    for folder in (Path(f) for f in folders.split(",") if f):
+        candidates = [folder / "results.json", *sorted(folder.glob("*/results.json"))]
+        for path in candidates:
+            if not path.is_file():
+                continue
+            data = json.loads(path.read_text())
+            found = {data["dataset"]["name"]: data} if "methods" in data else data
+            for name, res in found.items():
+                out.setdefault(name, res)
+    return out
 
 
 def _f(v, fmt: str) -> str:
@@ -55,7 +66,7 @@ def compare(exact: dict, learned: dict) -> str:
                 cells += [_f(e["methods"][m].get(k), fmt), _f(l["methods"][m].get(k), fmt)]
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         ref = e["reference_metrics"]
-        out.append("| (exact samples) | " + " | ".join(f"{_f(ref.get(k), fmt)} | " for k, _, fmt in keys)[:-2] + "|\n")
+        out.append("| (exact samples) | " + " | ".join(f"{_f(ref.get(k), fmt)} | –" for k, _, fmt in keys) + " |\n")
         # gradient estimation: MSD, one product sample, per bandwidth
         def msd_rows(res):
             return {(r["kernel"], r["sampler_steps"], round(r["lambda_factor"], 3)): r
@@ -79,5 +90,5 @@ def compare(exact: dict, learned: dict) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python scripts/toy2d_compare.py EXACT_DIR LEARNED_DIR")
-    sys.stdout.write(compare(_load(Path(sys.argv[1])), _load(Path(sys.argv[2]))))
+        sys.exit("usage: python scripts/toy2d_compare.py EXACT_DIR[,DIR...] LEARNED_DIR[,DIR...]")
+    sys.stdout.write(compare(_load(sys.argv[1]), _load(sys.argv[2])))
