@@ -105,6 +105,7 @@ def test_toy2d_learned_denoiser_trains_once_then_reuses(tmp_path):
     assert all(r["rmse"] > 0 for r in info["error_by_sigma"])
     assert {r["kernel"] for r in first["efficiency"] if r["method"] == "msd"} == {"posterior", "exp-iv"}
     assert "Learned denoiser" in (out / "table.md").read_text()
+    cfg = replace(cfg, methods=("msd-posterior@2",), efficiency=EfficiencyConfig(enabled=False))  # faster reruns
     second = run_toy2d(cfg, out, show_progress=False)
     assert second["denoiser"]["reused"]
     assert second["denoiser"]["error_by_sigma"] == info["error_by_sigma"]
