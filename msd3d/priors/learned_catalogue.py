@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from msd3d.priors.catalogue import CATALOGUE, Family, match_family
 from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
-from msd3d.priors.prompt_attributes import _normalise, description_words, variant_attributes
+from msd3d.priors.prompt_attributes import normalise_word, description_words, variant_attributes
 from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, CameraConfig, sample_cameras, view_name
 
@@ -85,7 +85,7 @@ class WordTokenizer:
 
         out = []
         for raw in re.findall(r"[a-z]+", text.lower()):
-            word = _normalise(raw)
+            word = normalise_word(raw)
             if word in self.ids and word != PAD:
                 out.append(self.ids[word])
         return out[: self.model_max_length]

@@ -40,7 +40,8 @@ NEGATIONS = frozenset({"no", "without", "not"})
 ALIASES = {"gray": "grey", "colour": "color", "spotted": "spots", "spot": "spots", "wood": "wooden"}
 
 
-def _normalise(word: str) -> str:
+def normalise_word(word: str) -> str:
+    """A word with aliases folded and a plural "s" dropped ("gray" -> grey, "cups" -> cup)."""
     word = ALIASES.get(word, word)
     if word.endswith("s") and len(word) > 3 and not word.endswith("ss") and word not in ("spots",):
         singular = word[:-1]
@@ -59,7 +60,7 @@ def description_words(text: str) -> set[str]:
         if raw in STOP_WORDS:
             continue  # "no back" and "without a back" both negate "back"
         if not negate:
-            words.add(_normalise(raw))
+            words.add(normalise_word(raw))
         negate = False
     return words
 
@@ -80,7 +81,7 @@ def variant_attributes(family: Family) -> list[set[str]]:
 def prompt_attributes(prompt: str, family: Family) -> set[str]:
     """The words of ``prompt`` (view suffix removed) that are attribute words of some variant."""
     vocabulary = set().union(*variant_attributes(family))
-    words = {_normalise(w) for w in _WORD.findall(strip_view_suffix(prompt))}
+    words = {normalise_word(w) for w in _WORD.findall(strip_view_suffix(prompt))}
     return words & vocabulary
 
 
