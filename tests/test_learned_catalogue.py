@@ -18,6 +18,7 @@ from msd3d.priors.learned_catalogue import (
     WordTokenizer,
     catalogue_vocabulary,
     load_learned_prior,
+    preferred_variant,
     prior_from_components,
     save_learned_prior,
     train_learned_prior,
@@ -69,6 +70,12 @@ def test_trains_saves_and_loads_through_the_prior_interface(trained):
     assert (prior.denoise(z, 0.5, cond, guidance_scale=5.0) - d).abs().max() > 1e-4
     same = prior.condition(["a red mushroom, front view"] * 2)
     assert (prior.denoise(z, 0.5, same) - d)[1].abs().max() > 1e-5 and torch.allclose(prior.denoise(z, 0.5, same)[0], d[0])
+    # which variant it prefers from the variants' blend: a distribution over the family's variants
+    from msd3d.priors.catalogue import CATALOGUE
+    from msd3d.render.cameras import turntable_cameras
+
+    share = preferred_variant(prior, "a red mushroom", CATALOGUE["mushroom"], turntable_cameras(1, 8), samples=4)
+    assert share.shape == (3,) and float(share.sum()) == pytest.approx(1.0)
     prior.validate_prompt("a mushroom")
     with pytest.raises(Exception, match="trained on mushroom"):
         prior.validate_prompt("a donut")
