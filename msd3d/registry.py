@@ -120,6 +120,10 @@ PRIORS = Registry(
             "msd3d.priors.stable_diffusion:StableDiffusionPrior",
         ),
         "oracle": ("msd3d.priors.oracle:OracleConfig", "msd3d.priors.oracle:OraclePrior"),
+        "learned": (
+            "msd3d.priors.learned_catalogue_config:LearnedPriorConfig",
+            "msd3d.priors.learned_catalogue:build_learned_prior",
+        ),
     },
 )
 

@@ -51,8 +51,21 @@ def _sd_case(tmp_path_factory):
     return prior, x, prior.condition(["a red chair"] * BATCH)
 
 
+def _learned_case(tmp_path_factory):
+    from msd3d.priors.learned_catalogue import LearnedPriorTrainConfig, prior_from_components, train_learned_prior
+
+    if "learned" not in _SD_FOLDER:
+        config = LearnedPriorTrainConfig(render_size=8, block_out_channels=(8, 16), attention_head_dim=4, text_dim=8,
+                                         families=("mushroom",), views_per_variant=1, steps=1, batch=2)
+        components, _ = train_learned_prior(config)
+        _SD_FOLDER["learned"] = (components, config)
+    prior = prior_from_components(*_SD_FOLDER["learned"])
+    x = torch.rand(BATCH, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return prior, x, prior.condition(["a red mushroom"] * BATCH)
+
+
 #: One tiny instance per prior: the mixture of the 2-D experiments plus every registered prior.
-PRIOR_CASES = {"gmm": _gmm_case, "oracle": _oracle_case, "sd": _sd_case}
+PRIOR_CASES = {"gmm": _gmm_case, "oracle": _oracle_case, "sd": _sd_case, "learned": _learned_case}
 
 
 @pytest.mark.parametrize("prior_name", ["gmm", *PRIORS.names()])

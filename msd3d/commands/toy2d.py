@@ -35,7 +35,8 @@ def toy2d(
     methods: Annotated[
         str,
         typer.Option(help=f"Comma-separated methods: {', '.join(METHOD_NAMES)}, or "
-                     f"{' / '.join('msd-' + k for k in KERNEL_NAMES)} (MSD with that kernel)."),
+                     f"{' / '.join('msd-' + k for k in KERNEL_NAMES)} (MSD with that kernel); append -iv for the "
+                     "kernel on --kernel-interval only and @N for N sampler steps (e.g. msd-exp-iv@16)."),
     ] = ",".join(METHOD_NAMES),
     steps: Annotated[int, typer.Option(help="Optimisation steps per method.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed (noise, reference samples, efficiency points).")] = 0,
@@ -74,6 +75,18 @@ def toy2d(
     efficiency: Annotated[
         bool, typer.Option(help="Also measure gradient estimation efficiency (error vs denoiser evaluations).")
     ] = True,
+    denoiser: Annotated[
+        str,
+        typer.Option(help="What the methods distil from: 'exact' (the mixture's exact denoiser) or 'learned' "
+                     "(a small MLP trained on its samples, saved to OUT[/DATASET]/denoiser.safetensors and reused)."),
+    ] = "exact",
+    denoiser_steps: Annotated[
+        int, typer.Option(help="Training steps of the learned denoiser (stops early after --denoiser-seconds).")
+    ] = 4000,
+    denoiser_seconds: Annotated[float, typer.Option(help="Training time limit per dataset (s).")] = 120.0,
+    kernel_interval: Annotated[
+        str, typer.Option(help="Diffusion-time interval 'T_MIN,T_MAX' of the -iv MSD kernels.")
+    ] = "0.0,0.5",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Distil particles from an exact 2-D Gaussian mixture with SDS, MSD and SDI and score them
@@ -89,7 +102,18 @@ def toy2d(
         summary_table,
     )
     from msd3d.guidance.msd import KERNELS
+    from msd3d.priors.learned2d import Denoiser2DConfig
 
+    if denoiser not in ("exact", "learned"):
+        fail(f"unknown --denoiser {denoiser!r}; choose exact or learned")
+    if denoiser_steps < 1 or not denoiser_seconds > 0:
+        fail("--denoiser-steps must be at least 1 and --denoiser-seconds positive")
+    try:
+        interval = tuple(float(t) for t in kernel_interval.split(","))
+    except ValueError:
+        interval = ()
+    if len(interval) != 2 or not 0 <= interval[0] <= interval[1] <= 1:
+        fail(f"--kernel-interval must be 'T_MIN,T_MAX' with 0 <= T_MIN <= T_MAX <= 1, got {kernel_interval!r}")
     if steps < 1:
         fail(f"--steps must be at least 1, got {steps}")
     if grid < 2:
@@ -108,7 +132,7 @@ def toy2d(
         fail(f"--methods must name at least one method ({', '.join(METHOD_NAMES)})")
     try:
         for m in method_list:
-            parse_method(m)
+            parse_method(m, interval)
     except ValueError as err:
         fail(str(err))
     if len(set(method_list)) != len(method_list):
@@ -137,6 +161,9 @@ def toy2d(
         lambda_end=lambda_end,
         optim=OptimConfig(lr=lr),
         efficiency=EfficiencyConfig(enabled=efficiency),
+        denoiser=denoiser,
+        denoiser_train=Denoiser2DConfig(steps=denoiser_steps, max_seconds=denoiser_seconds),
+        kernel_interval=interval,
     )
     g = base.guidance
     base.guidance = replace(

@@ -30,6 +30,7 @@ from msd3d.guidance import MSDConfig, SDIConfig, SDSConfig
 from msd3d.guidance.msd import mean_shift_target
 from msd3d.guidance.sdi import SDI
 from msd3d.guidance.sds import SDS
+from msd3d.priors.base import DiffusionPrior
 from msd3d.priors.gmm import GaussianMixturePrior
 
 
@@ -128,8 +129,17 @@ def cosine_error(estimate: Tensor, reference: Tensor) -> Tensor:
 
 
 # -- gradient estimation efficiency ---------------------------------------------------------------
+def kernel_settings(spec: str, interval: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """MSD settings of a kernel spec: ``"exp"`` -> ``{"kernel": "exp"}``; ``"exp-iv"`` -> the same,
+    with the kernel acting only for diffusion times in ``interval``."""
+    if spec.endswith("-iv"):
+        return {"kernel": spec[:-3], "kernel_t_min": float(interval[0]), "kernel_t_max": float(interval[1])}
+    return {"kernel": spec}
+
+
 def _msd_rows(
     prior: GaussianMixturePrior,
+    denoiser: DiffusionPrior,
     x: Tensor,
     prompt: str,
     lambdas: Sequence[float],
@@ -139,9 +149,10 @@ def _msd_rows(
     base: MSDConfig,
     score: Tensor,
     generator: torch.Generator,
+    kernel_interval: tuple[float, float],
 ) -> list[dict]:
     rows = []
-    cond = prior.condition([prompt] * len(x))
+    cond = denoiser.condition([prompt] * len(x))
     for lam in lambdas:
         exact = prior.mean_shift(x, lam, prompt)  # (N, D)
         rms_exact = float(exact.pow(2).sum(1).mean().sqrt())
@@ -149,10 +160,11 @@ def _msd_rows(
         for kernel in kernels:
             for n_steps in sampler_steps:
                 for n_samples in samples:
-                    cfg = replace(base, kernel=kernel, sampler_steps=n_steps, samples=n_samples, guidance_scale=1.0)
-                    prior.counter.reset()
-                    target, _ = mean_shift_target(prior, x, cond, lam, cfg, generator)
-                    evals = prior.counter.evaluations / len(x)
+                    cfg = replace(base, **kernel_settings(kernel, kernel_interval), sampler_steps=n_steps,
+                                  samples=n_samples, guidance_scale=1.0)
+                    denoiser.counter.reset()
+                    target, _ = mean_shift_target(denoiser, x, cond, lam, cfg, generator)
+                    evals = denoiser.counter.evaluations / len(x)
                     est = target.double() - x
                     err = (est - exact).pow(2).sum(1)
                     rows.append(
@@ -194,6 +206,8 @@ def estimator_efficiency(
     draws: Sequence[int] = (1, 4, 16, 64),
     methods: Sequence[str] = ("sds", "msd", "sdi"),
     generator: torch.Generator | None = None,
+    denoiser: DiffusionPrior | None = None,
+    kernel_interval: tuple[float, float] = (0.0, 1.0),
 ) -> list[dict]:
     """Error of each estimator against the exact quantity versus denoiser evaluations per point.
 
@@ -207,25 +221,29 @@ def estimator_efficiency(
       (fresh time and noise each; SDI's time is drawn uniformly in its range here).
 
     All estimators run without classifier-free guidance (scale 1) so that the exact references are
-    the conditional density's own. points: (N, D).
+    the conditional density's own. points: (N, D). ``denoiser``: the prior the estimators use
+    (default ``prior``; a learned one is measured against ``prior``'s exact quantities).
+    ``kernels`` may name ``<kernel>-iv``: that kernel only for diffusion times in ``kernel_interval``.
     """
     generator = generator or torch.Generator().manual_seed(0)
+    denoiser = prior if denoiser is None else denoiser
     x = points.detach().double()
     score = exact_score(prior, x, prompt)
     rows: list[dict] = []
     if "msd" in methods:
-        rows += _msd_rows(prior, x, prompt, lambdas, kernels, msd_sampler_steps, msd_samples, msd, score, generator)
-    cond = prior.condition([prompt] * len(x))
+        rows += _msd_rows(prior, denoiser, x, prompt, lambdas, kernels, msd_sampler_steps, msd_samples, msd, score,
+                          generator, kernel_interval)
+    cond = denoiser.condition([prompt] * len(x))
     baselines = {
-        "sds": lambda: SDS(prior, replace(sds, guidance_scale=1.0, t_schedule="random")),
-        "sdi": lambda: SDI(prior, replace(sdi, guidance_scale=1.0, inversion_guidance_scale=1.0, t_schedule="random")),
+        "sds": lambda: SDS(denoiser, replace(sds, guidance_scale=1.0, t_schedule="random")),
+        "sdi": lambda: SDI(denoiser, replace(sdi, guidance_scale=1.0, inversion_guidance_scale=1.0, t_schedule="random")),
     }
     for name, make in baselines.items():
         if name not in methods:
             continue
         guidance = make()
         for n in draws:
-            prior.counter.reset()
+            denoiser.counter.reset()
             est = _average_target(guidance, x, cond, n, generator)
             rows.append(
                 {
@@ -234,7 +252,7 @@ def estimator_efficiency(
                     "lambda": math.nan,
                     "sampler_steps": getattr(guidance.config, "inversion_steps", 0),
                     "draws": n,
-                    "evaluations": prior.counter.evaluations / len(x),
+                    "evaluations": denoiser.counter.evaluations / len(x),
                     "rel_error": math.nan,
                     "ideal_rel_error": math.nan,
                     "cos_error": float(cosine_error(est, score).mean()),

@@ -31,23 +31,53 @@ from msd3d.experiments.datasets2d import DATASETS, Dataset2D, canvas_bounds, loa
 from msd3d.experiments.metrics2d import estimator_efficiency, particle_metrics
 from msd3d.guidance import GuidanceConfig, MSDConfig, SDIConfig, SDSConfig, build_guidance
 from msd3d.guidance.msd import KERNELS
+from msd3d.priors.base import DiffusionPrior
 from msd3d.priors.gmm import GaussianMixturePrior
+from msd3d.priors.learned2d import (
+    Denoiser2DConfig,
+    LearnedMixturePrior,
+    denoiser_error,
+    mixture_fingerprint,
+    train_mixture_denoiser,
+)
 from msd3d.registry import GUIDANCE
 from msd3d.schedules import SCHEDULE_KINDS, anneal
 
 BASE_METHODS = GUIDANCE.names()
-"""Guidance methods; ``msd-<kernel>`` (e.g. ``msd-exp``) is MSD with that kernel."""
+"""Guidance methods; ``msd-<kernel>[-iv][@<steps>]`` (e.g. ``msd-exp-iv@16``) is MSD with that kernel,
+optionally only on the kernel's sigma interval, and that many sampler steps."""
+
+DENOISERS = ("exact", "learned")
+"""What the guidance methods distil from: the exact mixture, or a small network trained on it."""
+
+DEFAULT_KERNEL_INTERVAL = (0.0, 0.5)
+"""The diffusion-time interval ``[t_min, t_max]`` of the ``-iv`` kernels: the kernel acts only on
+the low-noise half of the schedule (sigma <= 1.6 on SD's schedule), so it cannot contract ``z``
+onto ``x`` in the first, large steps (the paper applies its kernel on a limited sigma interval)."""
 
 
-def parse_method(name: str) -> tuple[str, dict[str, Any]]:
-    """``"msd-exp"`` -> ``("msd", {"kernel": "exp"})``; ``"sds"`` -> ``("sds", {})``."""
+def parse_method(name: str, kernel_interval: tuple[float, float] = DEFAULT_KERNEL_INTERVAL) -> tuple[str, dict[str, Any]]:
+    """``"msd-exp"`` -> ``("msd", {"kernel": "exp"})``; ``"sds"`` -> ``("sds", {})``;
+    ``"msd-exp-iv@16"`` -> ``("msd", {"kernel": "exp", "kernel_t_min": 0.0, "kernel_t_max": 0.5,
+    "sampler_steps": 16})`` (``kernel_interval`` gives the ``-iv`` times)."""
     name = name.strip().lower()
     if name in BASE_METHODS:
         return name, {}
-    if name.startswith("msd-") and name[4:] in KERNELS:
-        return "msd", {"kernel": name[4:]}
+    base, _, steps = name.partition("@")
+    overrides: dict[str, Any] = {}
+    if steps:
+        if not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"method {name!r}: the number after '@' must be sampler steps >= 1")
+        overrides["sampler_steps"] = int(steps)
+    if base.endswith("-iv"):
+        base = base[:-3]
+        overrides["kernel_t_min"], overrides["kernel_t_max"] = (float(t) for t in kernel_interval)
+    if base == "msd" and overrides:
+        return "msd", overrides
+    if base.startswith("msd-") and base[4:] in KERNELS:
+        return "msd", {"kernel": base[4:], **overrides}
     choices = ", ".join(list(BASE_METHODS) + [f"msd-{k}" for k in KERNELS])
-    raise ValueError(f"unknown method {name!r}; choose from {choices}")
+    raise ValueError(f"unknown method {name!r}; choose from {choices} (MSD kernels take -iv and @<steps>)")
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -124,7 +154,8 @@ class EfficiencyConfig:
     """Random points, uniform on the canvas."""
     lambda_factors: tuple[float, ...] = (0.5, 2.0, 8.0)
     """Bandwidths studied, as multiples of the median component width (smallest std)."""
-    kernels: tuple[str, ...] = KERNELS
+    kernels: tuple[str, ...] = ("posterior", "exp", "exp-iv", "diffused")
+    """MSD kernels studied; ``<kernel>-iv`` applies it only on the run's ``kernel_interval``."""
     msd_sampler_steps: tuple[int, ...] = (1, 4, 16)
     msd_samples: tuple[int, ...] = (1, 4, 16)
     draws: tuple[int, ...] = (1, 4, 16, 64)
@@ -135,8 +166,8 @@ class EfficiencyConfig:
             raise ValueError("efficiency.points must be at least 1")
         if not self.lambda_factors or min(self.lambda_factors) <= 0:
             raise ValueError("efficiency.lambda_factors must be positive numbers")
-        if any(k not in KERNELS for k in self.kernels):
-            raise ValueError(f"efficiency.kernels must be among {', '.join(KERNELS)}")
+        if any(k.removesuffix("-iv") not in KERNELS for k in self.kernels):
+            raise ValueError(f"efficiency.kernels must be among {', '.join(KERNELS)} (optionally with -iv)")
         for key in ("msd_sampler_steps", "msd_samples", "draws"):
             values = getattr(self, key)
             if not values or min(values) < 1:
@@ -167,8 +198,23 @@ class Toy2DConfig:
     guidance: GuidanceConfig = field(default_factory=toy_guidance_defaults)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
+    denoiser: str = "exact"
+    """"exact": guidance uses the mixture's exact denoiser; "learned": a small MLP trained on samples
+    of the mixture (:mod:`msd3d.priors.learned2d`), saved as ``denoiser.safetensors`` in the output
+    folder and reused. Particles and estimates are always scored against the exact mixture."""
+    denoiser_train: Denoiser2DConfig = field(default_factory=Denoiser2DConfig)
+    kernel_interval: tuple[float, float] = DEFAULT_KERNEL_INTERVAL
+    """Diffusion-time interval of the ``-iv`` MSD kernels (methods and efficiency rows)."""
+    denoiser_error_sigmas: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 14.6)
+    """Noise levels at which the learned denoiser's error against the exact one is reported."""
 
     def validate(self) -> None:
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {', '.join(DENOISERS)}, got {self.denoiser!r}")
+        t_min, t_max = self.kernel_interval
+        if not 0 <= t_min <= t_max <= 1:
+            raise ValueError("kernel_interval must be two times 0 <= t_min <= t_max <= 1")
+        self.denoiser_train.validate()
         if self.steps < 1:
             raise ValueError("steps must be at least 1")
         if self.grid < 2:
@@ -176,7 +222,7 @@ class Toy2DConfig:
         if not self.methods:
             raise ValueError("methods must name at least one method")
         for m in self.methods:
-            parse_method(m)
+            parse_method(m, self.kernel_interval)
         if len(set(self.methods)) != len(self.methods):
             raise ValueError("methods must not repeat")
         for key in ("lambda_start", "lambda_end"):
@@ -239,23 +285,27 @@ def optimise_particles(
     prompt: str,
     lambdas: tuple[float, float],
     on_step: Callable[[int], None] | None = None,
+    denoiser: DiffusionPrior | None = None,
 ) -> tuple[Tensor, list[tuple[int, float]], dict[str, float]]:
     """Run one guidance method on the grid particles; returns (particles (N, 2), NLL curve, last stats).
 
     ``dataset.bounds`` is the canvas the grid covers; ``lambdas`` is MSD's (start, end) bandwidth.
+    ``denoiser``: the prior the guidance distils from (default: the exact mixture); the NLL curve is
+    always the exact mixture's.
     """
     prior = dataset.prior
+    denoiser = prior if denoiser is None else denoiser
     lr, lr_end = config.optim.resolve(dataset.bounds[1] - dataset.bounds[0])
-    base, overrides = parse_method(method)
+    base, overrides = parse_method(method, config.kernel_interval)
     gcfg = config.guidance
     if base == "msd":
         overrides = {"lambda_start": lambdas[0], "lambda_end": lambdas[1], **overrides}
     section = replace(getattr(gcfg, base), **overrides)
-    guidance = build_guidance(base, prior, replace(gcfg, **{base: section}))
+    guidance = build_guidance(base, denoiser, replace(gcfg, **{base: section}))
     generator = torch.Generator().manual_seed(config.seed)
 
     x = grid_particles(dataset.bounds, config.grid).requires_grad_(True)
-    cond = prior.condition([prompt] * len(x))
+    cond = denoiser.condition([prompt] * len(x))
     opt = torch.optim.Adam([x], lr=lr, betas=tuple(config.optim.betas))
     record_at = {round(i * (config.steps - 1) / (config.curve_points - 1)) for i in range(config.curve_points)}
     curve: list[tuple[int, float]] = []
@@ -339,21 +389,23 @@ def _run_toy2d(config: Toy2DConfig, out_dir: Path | str | None, show_progress: b
 
     runs: dict[str, MethodRun] = {}
     with _progress(show_progress) as bar:
+        denoiser, denoiser_info = _denoiser_for(dataset, config, prompt, out_dir, bar)
         for method in config.methods:
             task = bar.add_task(f"{dataset.name}: {method}", total=config.steps) if bar else None
-            prior.counter.reset()
+            denoiser.counter.reset()
             t0 = time.perf_counter()
             particles, curve, stats = optimise_particles(
-                dataset, method, config, prompt, lambdas, on_step=(lambda s: bar.advance(task)) if bar else None
+                dataset, method, config, prompt, lambdas, on_step=(lambda s: bar.advance(task)) if bar else None,
+                denoiser=denoiser,
             )
             wall = time.perf_counter() - t0
-            evaluations = prior.counter.evaluations
+            evaluations = denoiser.counter.evaluations
             metrics = particle_metrics(prior, particles, reference, prompt, config.metrics.knn_k, bandwidth)
             runs[method] = MethodRun(method, particles, metrics, curve, wall, evaluations, stats)
         efficiency: list[dict] = []
         if config.efficiency.enabled:
             task = bar.add_task(f"{dataset.name}: efficiency", total=None) if bar else None
-            efficiency = _efficiency(prior, dataset, config, prompt)
+            efficiency = _efficiency(prior, dataset, config, prompt, denoiser)
             if bar:
                 bar.update(task, total=1, completed=1)
 
@@ -365,6 +417,7 @@ def _run_toy2d(config: Toy2DConfig, out_dir: Path | str | None, show_progress: b
             "prompt": prompt,
             "bounds": list(bounds),
         },
+        "denoiser": denoiser_info,
         "lambda_start": lambdas[0],
         "lambda_end": lambdas[1],
         "lr": config.optim.resolve(canvas_width)[0],
@@ -414,7 +467,7 @@ def run_toy2d_suite(
         out = Path(out_dir)
         text = "# toy2d results\n\n" + summary_table(all_results) + "\n"
         for res in all_results.values():
-            text += "\n" + results_table(res)
+            text += "\n" + results_table(res) + denoiser_table(res)
             if res["efficiency"]:
                 text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(res["efficiency"])
         atomic_write_text(out / "table.md", text)
@@ -441,7 +494,62 @@ def summary_table(all_results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _efficiency(prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DConfig, prompt: str) -> list[dict]:
+def _denoiser_for(
+    dataset: Dataset2D, config: Toy2DConfig, prompt: str, out_dir: Path | str | None, bar: Any
+) -> tuple[DiffusionPrior, dict[str, Any]]:
+    """The prior the guidance distils from, and what to report about it.
+
+    "exact": the mixture itself. "learned": ``out_dir/denoiser.safetensors`` when it was trained on
+    this mixture with these settings, else a freshly trained one (saved there); its error against the
+    exact denoiser is measured at ``config.denoiser_error_sigmas``.
+    """
+    if config.denoiser == "exact":
+        return dataset.prior, {"kind": "exact"}
+    path = None if out_dir is None else Path(out_dir) / DENOISER_FILE
+    model, reused = None, False
+    if path is not None and path.is_file():
+        try:
+            candidate = LearnedMixturePrior.load(path)
+        except Exception:  # noqa: BLE001 - an unreadable or foreign file is simply retrained
+            candidate = None
+        if candidate is not None and _reusable(candidate, dataset.prior, config.denoiser_train):
+            model, reused = candidate, True
+    if model is None:
+        train = config.denoiser_train
+        task = bar.add_task(f"{dataset.name}: train denoiser", total=train.steps) if bar else None
+        model = train_mixture_denoiser(
+            dataset.prior, train, on_step=(lambda s, loss: bar.advance(task)) if bar else None,
+            metadata={"dataset": dataset.name},
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            model.save(path)
+    errors = denoiser_error(
+        dataset.prior, model, config.denoiser_error_sigmas, prompt=prompt,
+        generator=torch.Generator().manual_seed(config.seed + 4),
+    )
+    info = {
+        "kind": "learned",
+        "file": None if path is None else str(path),
+        "reused": reused,
+        "training": model.metadata,
+        "settings": asdict(model.config),
+        "error_by_sigma": errors,
+    }
+    return model, info
+
+
+DENOISER_FILE = "denoiser.safetensors"
+
+
+def _reusable(model: LearnedMixturePrior, prior: GaussianMixturePrior, train: Denoiser2DConfig) -> bool:
+    """Whether a saved denoiser was trained on this mixture with these settings."""
+    return model.metadata.get("mixture_fingerprint") == mixture_fingerprint(prior) and asdict(model.config) == asdict(train)
+
+
+def _efficiency(
+    prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DConfig, prompt: str, denoiser: DiffusionPrior
+) -> list[dict]:
     e = config.efficiency
     gen = torch.Generator().manual_seed(config.seed + 3)
     x0, x1, y0, y1 = dataset.bounds
@@ -450,7 +558,7 @@ def _efficiency(prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DCo
     mask = prior.component_log_weights(prompt).isfinite()
     width = float(torch.linalg.eigvalsh(prior.covs[mask])[:, 0].sqrt().median())
     lambdas = [f * width for f in e.lambda_factors]
-    methods = {parse_method(m)[0] for m in config.methods}
+    methods = {parse_method(m, config.kernel_interval)[0] for m in config.methods}
     rows = estimator_efficiency(
         prior,
         points,
@@ -465,6 +573,8 @@ def _efficiency(prior: GaussianMixturePrior, dataset: Dataset2D, config: Toy2DCo
         draws=e.draws,
         methods=tuple(methods),
         generator=gen,
+        denoiser=denoiser,
+        kernel_interval=config.kernel_interval,
     )
     for row in rows:
         row["lambda_factor"] = row["lambda"] / width if row["method"] == "msd" else math.nan
@@ -516,7 +626,8 @@ def results_table(results: dict[str, Any]) -> str:
     """The particle metrics of one dataset as a markdown table (one row per method)."""
     ds = results["dataset"]
     lines = [
-        f"### {ds['name']} (prompt {ds['prompt']!r}, {ds['components']} components, {results['particles']} particles)",
+        f"### {ds['name']} (prompt {ds['prompt']!r}, {ds['components']} components, {results['particles']} particles, "
+        f"{(results.get('denoiser') or {}).get('kind', 'exact')} denoiser)",
         "",
         f"lambda {results['lambda_start']:.4g} → {results['lambda_end']:.4g}; MMD RBF bandwidth h = "
         f"{results['mmd_bandwidth']:.4g}; precision/recall k = {results['config']['metrics']['knn_k']}; "
@@ -533,6 +644,25 @@ def results_table(results: dict[str, Any]) -> str:
             v = m.get(key)
             cells.append("–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def denoiser_table(results: dict[str, Any]) -> str:
+    """The learned denoiser's training and its error against the exact one across sigma ("" for exact)."""
+    info = results.get("denoiser") or {}
+    if info.get("kind") != "learned":
+        return ""
+    t = info["training"]
+    lines = [
+        "",
+        f"#### Learned denoiser ({'reused ' if info['reused'] else ''}{info.get('file') or 'not saved'}): "
+        f"{t.get('steps_run')} steps in {t.get('train_seconds')} s, final loss {t.get('final_loss', math.nan):.4g}",
+        "",
+        "| σ | " + " | ".join(f"{r['sigma']:.3g}" for r in info["error_by_sigma"]) + " |",
+        "|---|" + "---|" * len(info["error_by_sigma"]),
+        "| RMSE vs exact D | " + " | ".join(f"{r['rmse']:.3g}" for r in info["error_by_sigma"]) + " |",
+        "| relative (÷ RMS of D − z) | " + " | ".join(f"{r['rel_error']:.3g}" for r in info["error_by_sigma"]) + " |",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -571,7 +701,7 @@ def write_outputs(
     plot_curves(out_dir / "nll_curves.png", runs, dataset.name)
     if results["efficiency"]:
         plot_efficiency(out_dir / "efficiency.png", results["efficiency"], dataset.name)
-    text = "# toy2d results\n\n" + results_table(results)
+    text = "# toy2d results\n\n" + results_table(results) + denoiser_table(results)
     if results["efficiency"]:
         text += "\n#### Gradient estimation efficiency\n\n" + efficiency_table(results["efficiency"])
     atomic_write_text(out_dir / "table.md", text)
@@ -655,7 +785,8 @@ def plot_efficiency(path: Path, rows: Sequence[dict], title: str) -> None:
     msd = [r for r in rows if r["method"] == "msd"]
     lambdas = sorted({r["lambda"] for r in msd})
     steps_all = sorted({r["sampler_steps"] for r in msd})
-    colors = {"exp": "tab:red", "diffused": "tab:purple", "posterior": "tab:green"}
+    colors = {"exp": "tab:red", "exp-iv": "tab:brown", "diffused": "tab:purple", "diffused-iv": "tab:pink",
+              "posterior": "tab:green", "posterior-iv": "tab:olive"}
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D"]
     fig, axes = plt.subplots(

@@ -24,7 +24,7 @@ from msd3d.validation import check_choice, join
 class _PriorChoice:
     name: str = "sd"
     """The prior a run distils from: a name in msd3d/registry.py PRIORS ("sd": Stable Diffusion, "oracle":
-    offline shape catalogue); its settings are the section of that name."""
+    offline shape catalogue, "learned": a UNet trained on the catalogue); its settings are the section of that name."""
 
     def validate(self, path: str = "prior") -> None:
         check_choice(join(path, "name"), self.name, PRIORS.names())

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogue, match_family
+from msd3d.priors.prompt_attributes import variant_log_weights
 from msd3d.priors.schedule import VPSchedule
 from msd3d.priors.shapes import single_thread
 from msd3d.validation import check_choice, check_range, join
@@ -192,6 +193,8 @@ class OraclePrior(DiffusionPrior):
         ``unconditional="all_families"`` V counts every catalogue variant and the conditional
         log-weights mask out other families; the unconditional payload weights all families
         equally, or only the negative prompt's family when it names one.
+        Attribute words select variants (:mod:`msd3d.priors.prompt_attributes`): "a red mushroom"
+        keeps only the red one; a prompt without them keeps every variant of its family.
         """
         prompts = list(prompts)
         batch = len(prompts)
@@ -204,10 +207,10 @@ class OraclePrior(DiffusionPrior):
         families = [self.family_for(p) for p in prompts]
         cameras = cameras.to(self.device)
         if self.config.unconditional == "none":
-            cond = self._family_payload(families, cameras)
+            cond = self._family_payload(families, cameras, prompts)
             return Condition(cond=cond, uncond=None, batch_size=batch, prompts=prompts)
         images = torch.cat([self.render_family(f, cameras) for f in self.catalogue.values()], dim=1)
-        cond_w = torch.stack([self._log_weights([f]) for f in families])
+        cond_w = torch.stack([self._log_weights([f], p) for f, p in zip(families, prompts)])
         negative = find_family(negative_prompt, self.catalogue) if negative_prompt.strip() else None
         uncond_fams = [negative] if negative is not None else list(self.catalogue.values())
         uncond_w = self._log_weights(uncond_fams).expand(batch, -1)
@@ -218,15 +221,19 @@ class OraclePrior(DiffusionPrior):
             prompts=prompts,
         )
 
-    def _log_weights(self, families: Sequence[Family]) -> Tensor:
-        """(V_all,) log-weights: families equally likely, variants equally likely within each."""
+    def _log_weights(self, families: Sequence[Family], prompt: str = "") -> Tensor:
+        """(V_all,) log-weights: families equally likely; within each, the variants ``prompt``'s
+        attribute words select (all, equally likely, for a prompt without any)."""
         w = torch.full((self.num_variants,), -math.inf, device=self.device, dtype=torch.float64)
         for f in families:
-            w[self._slices[f.name]] = -math.log(len(families)) - math.log(len(f))
+            w[self._slices[f.name]] = -math.log(len(families)) + variant_log_weights(prompt, f).to(self.device)
         return w
 
-    def _family_payload(self, families: Sequence[Family], cameras: Cameras) -> dict[str, Tensor]:
-        """Only each sample's own family, padded to the largest V with masked (-inf) entries."""
+    def _family_payload(
+        self, families: Sequence[Family], cameras: Cameras, prompts: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Only each sample's own family, padded to the largest V with masked (-inf) entries;
+        variants weighted by each prompt's attribute words."""
         batch, h, w = len(families), cameras.height, cameras.width
         v_max = max(len(f) for f in families)
         images = torch.zeros(batch, v_max, 3, h, w, device=self.device)
@@ -235,7 +242,8 @@ class OraclePrior(DiffusionPrior):
             fam = self.catalogue[name]
             rows = torch.tensor([i for i, f in enumerate(families) if f.name == name], device=self.device)
             images[rows, : len(fam)] = self.render_family(fam, cameras[rows])
-            log_w[rows, : len(fam)] = -math.log(len(fam))
+            for row in rows.tolist():
+                log_w[row, : len(fam)] = variant_log_weights(prompts[row] if prompts else "", fam).to(self.device)
         return {"images": images, "log_weights": log_w}
 
     # -- denoising ---------------------------------------------------------------------------

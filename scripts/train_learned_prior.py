@@ -1,0 +1,127 @@
+"""Train the learned catalogue prior (``prior.name: learned``) from scratch and write its model card.
+
+    python scripts/train_learned_prior.py --out runs/learned_prior                 # defaults (CPU: about an hour)
+    python scripts/train_learned_prior.py --out /tmp/lp --size 16 --steps 20 --views 4 --families mushroom  # smoke test
+
+Writes ``<out>/learned_prior.safetensors`` (UNet + word embeddings + settings; load it with
+``prior.name=learned prior.learned.weights=<file>``) and ``<out>/MODEL_CARD.md`` / ``model_card.json``:
+data, steps, time, epsilon-MSE by sigma band, and sample quality (DDIM samples of "a <family>" versus
+the variants at the same cameras: mode and blend PSNR per family). The recipe is documented in
+:mod:`msd3d.priors.learned_catalogue`. On CUDA (``--device cuda``) a larger model trains faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--size", type=int, default=32, help="render size in pixels (the UNet's resolution)")
+    p.add_argument("--channels", default="32,64,64", help="UNet block widths, comma-separated")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--views", type=int, default=64, help="renders per variant")
+    p.add_argument("--families", default="", help="comma-separated families (default: the whole catalogue)")
+    p.add_argument("--max-seconds", type=float, default=3600.0, help="stop training after this long")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the model card's samples")
+    p.add_argument("--sample-cfg", type=float, default=3.0, help="CFG scale of the model card's samples")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+    from rich.progress import Progress
+
+    from msd3d.atomic_io import atomic_write_json, atomic_write_text
+    from msd3d.priors.learned_catalogue import (
+        LearnedPriorTrainConfig,
+        load_learned_prior,
+        sample_quality,
+        save_learned_prior,
+        train_learned_prior,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = LearnedPriorTrainConfig(
+        render_size=args.size,
+        block_out_channels=tuple(int(c) for c in args.channels.split(",")),
+        families=tuple(f.strip() for f in args.families.split(",") if f.strip()),
+        views_per_variant=args.views,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        max_seconds=args.max_seconds,
+        seed=args.seed,
+    )
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    with Progress() as bar:
+        task = bar.add_task("training", total=config.steps)
+        fam_task = bar.add_task("rendering data", total=len(config.families) or None)
+        comps, meta = train_learned_prior(
+            config,
+            on_step=lambda s, loss: bar.update(task, advance=1, description=f"training (loss {loss:.4f})"),
+            on_family=lambda name: bar.advance(fam_task),
+        )
+    weights = args.out / "learned_prior.safetensors"
+    save_learned_prior(weights, comps, config, meta)
+    prior = load_learned_prior(weights)  # the card scores what was written, through the prior interface
+    quality = sample_quality(prior, config, steps=args.sample_steps, guidance_scale=args.sample_cfg, seed=args.seed)
+    card = {"weights": str(weights), "bytes": weights.stat().st_size, "config": asdict(config), "training": meta,
+            "sample_quality": quality, "sample_steps": args.sample_steps, "sample_cfg": args.sample_cfg}
+    atomic_write_json(args.out / "model_card.json", card, indent=1)
+    atomic_write_text(args.out / "MODEL_CARD.md", model_card_markdown(card))
+    print(model_card_markdown(card))
+    return card
+
+
+def model_card_markdown(card: dict) -> str:
+    t, c = card["training"], card["config"]
+    lines = [
+        "# Learned catalogue prior",
+        "",
+        f"- data: {t['images']} flat-albedo renders ({c['views_per_variant']} random training cameras per variant) "
+        f"of {', '.join(t['families'])}, {c['render_size']}x{c['render_size']} px; rendering took {t['render_seconds']} s",
+        f"- model: diffusers UNet2DConditionModel, blocks {c['block_out_channels']}, word embeddings of size "
+        f"{c['text_dim']}; SD's scaled-linear DDPM schedule, epsilon-prediction, condition dropout {c['cond_dropout']}",
+        f"- training: {t['steps_run']} steps of batch {c['batch']} (AdamW lr {c['lr']}) in {t['train_seconds']} s; "
+        f"final loss {t['final_loss']:.4f}; file {card['bytes'] / 1e6:.1f} MB",
+        "",
+        "| σ band | ε-MSE (second half of training) | samples |",
+        "|---|---|---|",
+    ]
+    for b in t["loss_by_sigma"]:
+        hi = "∞" if b["sigma_high"] is None else f"{b['sigma_high']:g}"
+        mse = "–" if b["eps_mse"] is None else f"{b['eps_mse']:.4f}"
+        lines.append(f"| [{b['sigma_low']:g}, {hi}) | {mse} | {b['samples']} |")
+    lines += [
+        "",
+        f"Sample quality: {card['sample_steps']}-step DDIM samples of \"a <family>, <view> view\" at CFG "
+        f"{card['sample_cfg']}, each compared with the family's variants rendered at the same camera "
+        "(mode PSNR: to the nearest variant; blend PSNR: to the variants' average). A usable prior has mode > blend.",
+        "",
+        "| family | mode PSNR (dB) | blend PSNR (dB) |",
+        "|---|---|---|",
+    ]
+    for name, q in card["sample_quality"].items():
+        lines.append(f"| {name} | {q['mode_psnr']:.2f} | {q['blend_psnr']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
