@@ -11,8 +11,8 @@ environment value can leak into ``config.yaml``).
 
 from __future__ import annotations
 
-import difflib
 import dataclasses
+import difflib
 import inspect
 import math
 import re

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_write_bytes, atomic_write_text
+from msd3d.errors import Msd3dError
 
 __all__ = ["REPORT_NAME", "INDEX_NAME", "ASSET_DIR", "write_run_report", "write_batch_index", "write_report"]
 

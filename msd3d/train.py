@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.config import RunConfig, check_text, to_yaml
 from msd3d.device import resolve_device
-from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.guidance import Guidance, build_guidance
 from msd3d.priors import build_prior
@@ -36,9 +36,9 @@ from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
 from msd3d.render.regularisers import regulariser_losses
 from msd3d.render.shading import choose_shading, needs_light, sample_light_positions
 from msd3d.render.volume import VolumeRenderer
-from msd3d.schedules import anneal
 from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint
 from msd3d.scene_builder import build_renderer
+from msd3d.schedules import anneal
 
 
 class TrainingInterrupted(Msd3dError):

@@ -110,10 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
-
-    from msd3d.workflows.benchmark import BenchConfig, build_components, parse_methods, prepare_nerfacc, print_report, run_bench
-    from msd3d.errors import Msd3dError
     from rich.console import Console
+
+    from msd3d.errors import Msd3dError
+    from msd3d.workflows.benchmark import (
+        BenchConfig,
+        build_components,
+        parse_methods,
+        prepare_nerfacc,
+        print_report,
+        run_bench,
+    )
 
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:

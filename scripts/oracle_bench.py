@@ -39,13 +39,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from msd3d.atomic_io import atomic_write_text
 from msd3d.config import RunConfig, load_config, recipe_dir
 from msd3d.errors import Msd3dError
-from msd3d.atomic_io import atomic_write_text
-from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
 from msd3d.registry import GUIDANCE
 from msd3d.run_dir import RunDir, read_json, write_json
+from msd3d.workflows.text_to_3d import generate
 
 METHODS = GUIDANCE.names()
 DEFAULT_OUT = Path("results") / "oracle_bench"

@@ -13,7 +13,6 @@ the variants at the same cameras: mode and blend PSNR per family). The recipe is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path

@@ -13,10 +13,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from msd3d.workflows.batch_runner import load_batch_file, parse_shard, plan_batch
 from msd3d.commands.batch import batch
 from msd3d.errors import Msd3dError
 from msd3d.train import Trainer
+from msd3d.workflows.batch_runner import load_batch_file, parse_shard, plan_batch
 
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}

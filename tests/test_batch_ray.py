@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from msd3d.workflows.batch_runner import load_batch_file, plan_batch
-from msd3d.workflows.batch_ray import RayOptions, run_ray_batch
-from msd3d.run_dir import RunDir
-
 from test_batch import invoke, read_summary, write_batch
+
+from msd3d.run_dir import RunDir
+from msd3d.workflows.batch_ray import RayOptions, run_ray_batch
+from msd3d.workflows.batch_runner import load_batch_file, plan_batch
 
 try:
     import ray  # noqa: F401

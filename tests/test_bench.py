@@ -15,13 +15,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 from msd3d.commands.bench import bench
 from msd3d.errors import ConfigError
 from msd3d.guidance.base import stat
-from msd3d.rng import to_device
 from msd3d.priors.schedule import VPSchedule
+from msd3d.rng import to_device
 from msd3d.train import read_scalars
+from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 
 #: Small scene and short samplers: a step takes well under a second on one CPU thread.
 TINY_SCENE = [
@@ -224,8 +224,8 @@ def test_guidance_on_cuda_never_waits_for_the_gpu(method):
 @pytest.mark.cuda
 @cuda
 def test_bench_on_cuda_reports_peak_memory_and_counts():
-    from msd3d.workflows.benchmark import prepare_nerfacc
     from msd3d.errors import Msd3dError
+    from msd3d.workflows.benchmark import prepare_nerfacc
 
     try:
         prepare_nerfacc(torch.device("cuda"))

@@ -22,12 +22,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from msd3d.workflows.assets import load_trained_renderer
 from msd3d.commands.export import export
 from msd3d.commands.render import render
 from msd3d.config import load_config
 from msd3d.export.mesh import Y_UP_FROM_Z_UP, srgb_to_linear_u8, vertex_albedo
 from msd3d.export.video import read_video_frames
+from msd3d.workflows.assets import load_trained_renderer
 from msd3d.workflows.text_to_3d import generate
 
 TINY_RECIPE = """\

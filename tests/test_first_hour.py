@@ -19,9 +19,9 @@ from msd3d import __version__
 from msd3d.cli import app
 from msd3d.config import load_config, resolve_recipe, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.workflows.text_to_3d import check_fresh, default_run_dir
 from msd3d.naming import slugify
 from msd3d.priors import stable_diffusion as sd
+from msd3d.workflows.text_to_3d import check_fresh, default_run_dir
 
 runner = CliRunner()
 

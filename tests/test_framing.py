@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from test_export import EllipsoidField
 
-from msd3d.workflows.assets import frame_turntable, occupied_points
 from msd3d.export.video import VideoConfig, turntable_cameras_for
 from msd3d.render.cameras import Cameras, frame_points
-from test_export import EllipsoidField
+from msd3d.workflows.assets import frame_turntable, occupied_points
 
 
 def ellipsoid_mask(cameras: Cameras, centre, axes) -> torch.Tensor:

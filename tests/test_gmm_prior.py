@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GMM_COVS as COVS
+from conftest import GMM_MEANS as MEANS
+from conftest import GMM_WEIGHTS as WEIGHTS
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from msd3d.priors.gmm import GaussianMixturePrior
-
-from conftest import GMM_COVS as COVS
-from conftest import GMM_MEANS as MEANS
-from conftest import GMM_WEIGHTS as WEIGHTS
 
 
 @pytest.fixture

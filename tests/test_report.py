@@ -20,12 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from msd3d import report as report_module
-from msd3d.workflows.assets import frame_turntable, load_trained_renderer
-from msd3d.workflows.batch_runner import EntryResult, write_batch_summary
 from msd3d.config import load_config, resolve_recipe
 from msd3d.export.video import turntable_cameras_for
-from msd3d.workflows.text_to_3d import generate
 from msd3d.report import write_batch_index, write_run_report
+from msd3d.workflows.assets import frame_turntable, load_trained_renderer
+from msd3d.workflows.batch_runner import EntryResult, write_batch_summary
+from msd3d.workflows.text_to_3d import generate
 
 STEPS = 4
 
@@ -210,8 +210,9 @@ def test_report_of_an_unfinished_run(run_dir, tmp_path):
 
 def test_msd3d_batch_writes_the_index(tmp_path):
     """The batch command ends with index.html: a card per entry, each finished run's report linked."""
-    from msd3d.cli import app
     from test_batch import write_batch
+
+    from msd3d.cli import app
 
     path = write_batch(
         tmp_path,

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 from msd3d.cli import app
 from msd3d.config import load_config, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.workflows.text_to_3d import generate
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged
+from msd3d.workflows.text_to_3d import generate
 
 runner = CliRunner()
 
@@ -493,8 +493,8 @@ def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkey
 
 @pytest.mark.parametrize("command", ["export", "render"])
 def test_sigterm_during_export_and_render_exits_130(trained, tmp_path, monkeypatch, command):
-    import msd3d.workflows.assets
     import msd3d.export.mesh
+    import msd3d.workflows.assets
 
     def slow(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -59,8 +59,15 @@ def batch(
     with user_errors():
         from datetime import datetime, timezone
 
-        from msd3d.workflows.batch_runner import default_batch_root, load_batch_file, parse_shard, plan_batch, run_batch, summary_stem
-        from msd3d.workflows.batch_runner import write_batch_summary
+        from msd3d.workflows.batch_runner import (
+            default_batch_root,
+            load_batch_file,
+            parse_shard,
+            plan_batch,
+            run_batch,
+            summary_stem,
+            write_batch_summary,
+        )
 
         shard_range = parse_shard(shard)
         ray_options = _ray_options(executor, ray, gpus_per_run, cpus_per_run, max_retries)

@@ -81,10 +81,10 @@ def export(
         import dataclasses
         import time
 
-        from msd3d.workflows.assets import load_trained_renderer
+        from msd3d.device import resolve_device
         from msd3d.errors import Msd3dError
         from msd3d.export.mesh import MESH_FORMATS, export_mesh_files, extract_mesh
-        from msd3d.device import resolve_device
+        from msd3d.workflows.assets import load_trained_renderer
 
         t0 = time.perf_counter()
         chosen = parse_choices(formats, MESH_FORMATS, "--format")

@@ -39,12 +39,12 @@ def render(
         import dataclasses
         import time
 
-        from msd3d.workflows.assets import load_trained_renderer, write_turntable
         from msd3d.commands.export import parse_choices
+        from msd3d.device import resolve_device
         from msd3d.errors import Msd3dError
         from msd3d.export.video import PANELS, VIDEO_FORMATS
         from msd3d.render.shading import SHADING_MODES
-        from msd3d.device import resolve_device
+        from msd3d.workflows.assets import load_trained_renderer, write_turntable
 
         t0 = time.perf_counter()
         if shading not in SHADING_MODES:

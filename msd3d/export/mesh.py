@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_path, atomic_paths
+from msd3d.errors import Msd3dError
 from msd3d.lazy import lazy_module
 from msd3d.scene.base import RadianceField
 

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from msd3d.priors.catalogue import CATALOGUE, Family, match_family
 from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
-from msd3d.priors.prompt_attributes import normalise_word, description_words, variant_attributes
+from msd3d.priors.prompt_attributes import description_words, normalise_word, variant_attributes
 from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, CameraConfig, sample_cameras, view_name
 

@@ -33,9 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from msd3d.workflows.batch_runner import BatchResult, EntryResult, PlannedEntry, PriorCache, not_run, run_dir_action, run_entry
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_write_text
+from msd3d.errors import Msd3dError
+from msd3d.workflows.batch_runner import (
+    BatchResult,
+    EntryResult,
+    PlannedEntry,
+    PriorCache,
+    not_run,
+    run_dir_action,
+    run_entry,
+)
 
 __all__ = ["RayOptions", "RayBatchResult", "ProgressBoard", "import_ray", "check_ray_options", "run_ray_batch"]
 

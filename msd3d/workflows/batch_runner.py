@@ -512,8 +512,8 @@ class PriorCache:
         self._error: Msd3dError | None = None
 
     def get(self, config: RunConfig):
-        from msd3d.priors import build_prior
         from msd3d.device import resolve_device
+        from msd3d.priors import build_prior
 
         device = resolve_device(config.device)
         key = f"{config.prior!r}@{device}"
@@ -546,9 +546,9 @@ def run_entry(
     KeyboardInterrupt, with a checkpoint to resume from). ``position`` (e.g. ``"[2/5]"``) prefixes
     the log lines; ``on_step(step)`` is called after every training step.
     """
-    from msd3d.workflows.text_to_3d import generate
     from msd3d.run_dir import RunDir
     from msd3d.train import TrainingInterrupted
+    from msd3d.workflows.text_to_3d import generate
 
     tag = f"{position} entry {item.index}".strip()
     result = EntryResult(

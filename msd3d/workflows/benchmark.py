@@ -36,13 +36,13 @@ from typing import Any, Callable
 
 import torch
 
-from msd3d.config import RunConfig, load_config, resolve_recipe
-from msd3d.errors import ConfigError, Msd3dError
 from msd3d.atomic_io import atomic_write_json
+from msd3d.config import RunConfig, load_config, resolve_recipe
+from msd3d.device import resolve_device
+from msd3d.errors import ConfigError, Msd3dError
 from msd3d.priors.base import DiffusionPrior
 from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts
-from msd3d.device import resolve_device
 from msd3d.train import Trainer
 
 METHODS = GUIDANCE.names()

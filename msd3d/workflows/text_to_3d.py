@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from msd3d.workflows.assets import write_mesh, write_turntable
 from msd3d.config import RunConfig
 from msd3d.errors import DiskFullError, Msd3dError
 from msd3d.naming import run_name
@@ -16,6 +15,7 @@ from msd3d.progress_bar import make_progress
 from msd3d.report import SCORES_NAME, write_run_report
 from msd3d.run_dir import MetricsLog, RunDir, write_json
 from msd3d.train import Trainer, interrupt_on_signals
+from msd3d.workflows.assets import write_mesh, write_turntable
 
 
 def default_run_dir(config: RunConfig) -> Path:
