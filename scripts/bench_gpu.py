@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"][name] = {"skipped": f"{left:.0f} s of budget left, needs about {variant.min_s:.0f} s"}
             save()
             continue
-        cli = ["msd3d", "bench", "--random-weights", args.arch, "--device", str(device), "--methods", ",".join(methods), "--resolution",
-               str(args.resolution), "--steps", str(args.steps), "--warmup", str(args.warmup), *variant.cli, *overrides]
+        cli = ["msd3d", "bench", "--random-weights", args.arch, "--device", str(device),
+               "--methods", ",".join(methods), "--resolution", str(args.resolution),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), *variant.cli, *overrides]
         say(f"variant {name}: {' '.join(cli)}")
         config = BenchConfig(
             methods=methods, random_weights=args.arch, steps=args.steps, warmup=args.warmup, resolution=args.resolution,

@@ -79,7 +79,8 @@ def test_product_is_bayes_posterior_and_matches_mean_shift(prior):
     for b in range(2):
         logw = np.array(
             [
-                math.log(WEIGHTS[k]) + multivariate_normal(MEANS[k], np.array(COVS[k]) + lam**2 * np.eye(2)).logpdf(x[b].numpy())
+                math.log(WEIGHTS[k])
+                + multivariate_normal(MEANS[k], np.array(COVS[k]) + lam**2 * np.eye(2)).logpdf(x[b].numpy())
                 for k in range(3)
             ]
         )

@@ -37,7 +37,9 @@ prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
 field: {resolutions: [16, 32], hidden_dim: 16}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
-guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
+guidance:
+  name: msd
+  msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}
 train: {steps: 4, val_every: 0, log_every: 1, checkpoint_every: 2, eval_views: 2, val_views: 1}
 shading: {albedo_only_steps: 100000}
 export: {mesh: false, video: false}
@@ -188,7 +190,9 @@ time.sleep(60)
 def test_a_second_process_on_a_run_folder_fails_at_once(tmp_path, recipe):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out / ".msd3d.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out / ".msd3d.lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.perf_counter()

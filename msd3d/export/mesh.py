@@ -98,7 +98,9 @@ class MeshExportConfig:
         if self.resolution < 8:
             raise ValueError("mesh.resolution must be at least 8")
         if self.resolution > 1024:
-            raise ValueError(f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}")
+            raise ValueError(
+                f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}"
+            )
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 try:

@@ -28,7 +28,9 @@ def load_trained_renderer(run_dir: Path, device: torch.device | str = "cpu") -> 
     run = RunDir(Path(run_dir))
     state = load_checkpoint(run, map_location=device)  # checks folder / checkpoint first
     if not run.config.is_file():
-        raise CheckpointError(f"{str(run.root)!r} has a checkpoint but no config.yaml; it was not written by msd3d generate")
+        raise CheckpointError(
+            f"{str(run.root)!r} has a checkpoint but no config.yaml; it was not written by msd3d generate"
+        )
     config = load_config(run.config)
     renderer = build_renderer(config)
     try:

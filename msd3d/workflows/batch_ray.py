@@ -47,7 +47,9 @@ from msd3d.workflows.batch_runner import (
 
 __all__ = ["RayOptions", "RayBatchResult", "ProgressBoard", "import_ray", "check_ray_options", "run_ray_batch"]
 
-RAY_MISSING = 'the Ray executor needs Ray, which is not installed: pip install "msd3d[ray]" (or drop --ray to run locally)'
+RAY_MISSING = (
+    'the Ray executor needs Ray, which is not installed: pip install "msd3d[ray]" (or drop --ray to run locally)'
+)
 
 LOCAL = "local"
 """``--ray`` without an address: start Ray embedded in this process, on this machine only."""
@@ -348,7 +350,8 @@ def run_ray_batch(
             try:
                 result, lines = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
-                result, lines = not_run(item, "batch interrupted" if interrupted else "not run (--fail-fast after a failure)"), []
+                reason = "batch interrupted" if interrupted else "not run (--fail-fast after a failure)"
+                result, lines = not_run(item, reason), []
             except ray.exceptions.RayError as exc:
                 result = EntryResult(
                     index=item.index, prompt=item.prompt, status="failed", seed=item.seed,

@@ -198,7 +198,9 @@ def _parse_entry(index: int, raw: Any) -> BatchEntry:
         if isinstance(raw, str):
             raw = {"prompt": raw}
         if not isinstance(raw, dict):
-            raise EntryError(f"{who}: must be a prompt string or a mapping with a 'prompt' key, got {type(raw).__name__}")
+            raise EntryError(
+                f"{who}: must be a prompt string or a mapping with a 'prompt' key, got {type(raw).__name__}"
+            )
         prompt = raw.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise EntryError(f"{who}: missing 'prompt' (a non-empty string)")
@@ -682,6 +684,8 @@ def write_batch_summary(
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "mesh": ";".join(row["mesh"]), **{k: "" for k in SUMMARY_COLUMNS if row.get(k) is None}})
+        writer.writerow(
+            {**row, "mesh": ";".join(row["mesh"]), **{k: "" for k in SUMMARY_COLUMNS if row.get(k) is None}}
+        )
     atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path

@@ -332,7 +332,9 @@ def _guidance_inputs(trainer: Trainer, step: int, generator: torch.Generator):
     """A fixed encoded render ``x`` and its condition, as one training step would produce them."""
     cfg = trainer.config
     cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=generator)
-    prompts = view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+    prompts = (
+        view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+    )
     cameras = cameras.to(trainer.device)
     # with gradients, as in training: a compiled VAE encode would otherwise compile a second graph
     out = trainer.renderer(cameras, shading="albedo", generator=generator)

@@ -99,10 +99,13 @@ def generate(
         if resume:
             trainer.resume()
             log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
-        stopped = (
-            lambda name: f"{name} received while scoring and exporting: training finished at step {trainer.step} "
-            f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
-        )
+
+        def stopped(name: str) -> str:
+            return (
+                f"{name} received while scoring and exporting: training finished at step {trainer.step} "
+                f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
+            )
+
         try:
             score_logger = ScoreLogger(trainer)
 
@@ -119,7 +122,10 @@ def generate(
                     try:
                         summary["report"] = str(write_run_report(trainer.run.root))  # returned, not in summary.json
                     except Exception as exc:  # the run's results are all written; a page must not fail it
-                        log(f"report.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {run_dir}")
+                        log(
+                            f"report.html not written ({type(exc).__name__}: {exc}); "
+                            f"retry with: msd3d report {run_dir}"
+                        )
         except DiskFullError as exc:  # one line that says what is safe on disk
             raise DiskFullError(exc.path, f"; {trainer.last_good_checkpoint()}") from None
     except BaseException:
@@ -196,7 +202,9 @@ def finish(
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:
         path = run.video(config.video.format)
-        out["video"] = write_turntable(trainer.renderer, config.video, path, show_progress=show_progress, progress=progress)
+        out["video"] = write_turntable(
+            trainer.renderer, config.video, path, show_progress=show_progress, progress=progress
+        )
         log(f"video: {path}")
     out["finish_seconds"] = time.perf_counter() - t0
     return out
