@@ -11,8 +11,8 @@ environment value can leak into ``config.yaml``).
 
 from __future__ import annotations
 
-import difflib
 import dataclasses
+import difflib
 import inspect
 import math
 import re
@@ -164,11 +164,16 @@ def resolve_recipe(config: str | Path | None, prior: str | None = None, guidance
         path = Path(config)
         if path.suffix in (".yaml", ".yml") or path.exists():
             if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML path or one of: {', '.join(list_recipes())}")
+                raise ConfigError(
+                    f"config file {str(path)!r} does not exist; "
+                    f"pass a YAML path or one of: {', '.join(list_recipes())}"
+                )
             return path
         named = recipe_dir() / f"{config}.yaml"
         if not named.is_file():
-            raise ConfigError(f"unknown recipe {str(config)!r}; pass a YAML path or one of: {', '.join(list_recipes())}")
+            raise ConfigError(
+                f"unknown recipe {str(config)!r}; pass a YAML path or one of: {', '.join(list_recipes())}"
+            )
         return named
     prior = prior or "sd"
     for name in (f"{guidance or 'msd'}-{prior}", f"msd-{prior}"):
@@ -238,7 +243,10 @@ def _one_line(exc: OmegaConfBaseException, base: DictConfig | None = None) -> st
     key = getattr(exc, "full_key", None)
     msg = str(exc).splitlines()[0].strip()
     if "not in" in msg or "Key '" in msg and "not" in msg:
-        return f"unknown config key {key!r}{_did_you_mean(base, key)}: check the spelling against the README's config reference"
+        return (
+            f"unknown config key {key!r}{_did_you_mean(base, key)}: "
+            "check the spelling against the README's config reference"
+        )
     return f"bad value for config key {key!r}: {msg}"
 
 

@@ -33,7 +33,11 @@ def field_docs(cls: type) -> dict[str, str]:
         body = tree.body[0].body  # type: ignore[attr-defined]
         for node, nxt in zip(body, body[1:] + [None]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                if (
+                    isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)
+                ):
                     docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 

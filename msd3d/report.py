@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_write_bytes, atomic_write_text
+from msd3d.errors import Msd3dError
 
 __all__ = ["REPORT_NAME", "INDEX_NAME", "ASSET_DIR", "write_run_report", "write_batch_index", "write_report"]
 
@@ -43,7 +43,8 @@ MESH_SUFFIXES = (".glb", ".obj", ".ply", ".mtl")
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1080px;margin:0 auto;padding:20px 24px 40px}
-h1{font-size:1.5rem;margin:0 0 2px}h2{font-size:1.1rem;margin:22px 0 10px;border-bottom:1px solid #d9dde4;padding-bottom:4px}
+h1{font-size:1.5rem;margin:0 0 2px}
+h2{font-size:1.1rem;margin:22px 0 10px;border-bottom:1px solid #d9dde4;padding-bottom:4px}
 .sub{color:#5b6475;margin:0 0 10px}
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .panel{background:#fff;border:1px solid #d9dde4;border-radius:8px;padding:10px}
@@ -196,7 +197,9 @@ def training_plots(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -
     loss += [s for s in (_series(train, k, k.removeprefix("loss_")) for k in _keys(train, "loss_")) if s]
     if loss:
         plots["loss.png"] = plot_png(loss, "loss", "loss", log_y=_wide_range(loss))
-    schedule = [s for s in (_series(train, "lambda", "λ (MSD bandwidth)"), _series(train, "t", "t (diffusion time)")) if s]
+    schedule = [
+        s for s in (_series(train, "lambda", "λ (MSD bandwidth)"), _series(train, "t", "t (diffusion time)")) if s
+    ]
     if schedule:
         plots["schedule.png"] = plot_png(schedule, "λ / t", "value", log_y=_wide_range(schedule))
     speed = [s for s in [_series(train, "it_per_s", "it/s")] if s]
@@ -335,7 +338,8 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     records = read_metrics(run_dir / "metrics.jsonl") + read_metrics(run_dir / SCORES_NAME)
     if not summary and not records:
         raise Msd3dError(
-            f"{str(run_dir)!r} has neither summary.json nor metrics.jsonl; pass a run directory written by msd3d generate"
+            f"{str(run_dir)!r} has neither summary.json nor metrics.jsonl; "
+            "pass a run directory written by msd3d generate"
         )
     if not summary:  # not finished (yet): what the run is, from its config and metrics
         summary_like = _unfinished_header(run_dir, records)
@@ -379,7 +383,8 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
             parts.append(f"<img class='pix turntable' src='{_href(video, run_dir)}' alt='turntable'>")
         else:
             parts.append(
-                f"<video class=pix src='{_href(video, run_dir)}'{poster} autoplay loop muted playsinline title='turntable (right-click for controls)'>"
+                f"<video class=pix src='{_href(video, run_dir)}'{poster} autoplay loop muted playsinline "
+                "title='turntable (right-click for controls)'>"
                 "</video>"
             )
         if stills:
@@ -392,7 +397,9 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
             "still frames from the front, every quarter turn</figcaption>"
         )
     else:
-        parts.append("<p>No turntable video in this run folder (export.video was off, or the run has not finished).</p>")
+        parts.append(
+            "<p>No turntable video in this run folder (export.video was off, or the run has not finished).</p>"
+        )
     parts.append("</div>")
 
     # right: the summary table and the files
@@ -433,7 +440,8 @@ def _page(title: str, body: str) -> str:
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<title>{_esc(title)}</title><style>{CSS}</style></head>"
-        f"<body><main>{body}<p class=sub style='margin-top:28px'>written by msd3d; regenerate with <code>msd3d report</code></p>"
+        f"<body><main>{body}<p class=sub style='margin-top:28px'>"
+        "written by msd3d; regenerate with <code>msd3d report</code></p>"
         "</main></body></html>\n"
     )
 
@@ -515,15 +523,24 @@ def write_batch_index(
             card.append(f"<div class=failed>{_esc(entry['error'])}</div>")
         card.append("</div>")
         cards.append("".join(card))
-        run_cell = f"<a href='{_href(link, root)}'>{_esc(run_dir.name)}</a>" if link and run_dir else _esc(entry.get("run_dir") or "–")
+        run_cell = (
+            f"<a href='{_href(link, root)}'>{_esc(run_dir.name)}</a>"
+            if link and run_dir
+            else _esc(entry.get("run_dir") or "–")
+        )
         rows.append(
             "<tr>"
             + "".join(
-                f"<td class=num>{_esc(_fmt(entry.get(k)))}</td>" if k != "prompt" else f"<td>{_esc(entry.get(k, ''))}</td>"
+                f"<td class=num>{_esc(_fmt(entry.get(k)))}</td>"
+                if k != "prompt"
+                else f"<td>{_esc(entry.get(k, ''))}</td>"
                 for k in ("index", "prompt", "seed")
             )
             + f"<td class={css}>{_esc(status)}</td>"
-            + "".join(f"<td class=num>{_esc(_fmt(entry.get(k)))}</td>" for k in ("steps", "seconds", "mode_psnr", "blend_psnr"))
+            + "".join(
+                f"<td class=num>{_esc(_fmt(entry.get(k)))}</td>"
+                for k in ("steps", "seconds", "mode_psnr", "blend_psnr")
+            )
             + f"<td>{run_cell}</td><td>{_esc(entry.get('error') or '')}</td></tr>"
         )
 
@@ -534,7 +551,9 @@ def write_batch_index(
     header = ["index", "prompt", "seed", "status", "steps", "seconds", "mode PSNR", "blend PSNR", "run", "error"]
     body = [
         f"<h1>Batch {_esc(Path(batch_file).name if batch_file else root.name)}</h1>",
-        f"<p class=sub>{len(entries)} entries · " + " · ".join(f"{_esc(k)} {v}" for k, v in sorted(counts.items())) + "</p>",
+        f"<p class=sub>{len(entries)} entries · "
+        + " · ".join(f"{_esc(k)} {v}" for k, v in sorted(counts.items()))
+        + "</p>",
         f"<div class=cards>{''.join(cards)}</div>",
         "<h2>Table</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" + "".join(rows) + "</table>",
         "<h2>Files</h2><ul>"

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from msd3d.errors import CheckpointError, DiskFullError, Msd3dError
 from msd3d.atomic_io import (
     DISK_FULL_ERRNOS,
     atomic_path,
@@ -25,8 +24,8 @@ from msd3d.atomic_io import (
     json_safe,
     remove_orphaned_temp_files,
 )
+from msd3d.errors import CheckpointError, DiskFullError, Msd3dError
 from msd3d.run_lock import LOCK_NAME, RunLock
-
 
 #: The one description of a run directory; README.md's "Output layout" shows it verbatim (tests/test_docs.py).
 RUN_LAYOUT = """\

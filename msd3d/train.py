@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.config import RunConfig, check_text, to_yaml
 from msd3d.device import resolve_device
-from msd3d.atomic_io import atomic_path, atomic_write_text
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.guidance import Guidance, build_guidance
 from msd3d.priors import build_prior
@@ -36,9 +36,9 @@ from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
 from msd3d.render.regularisers import regulariser_losses
 from msd3d.render.shading import choose_shading, needs_light, sample_light_positions
 from msd3d.render.volume import VolumeRenderer
-from msd3d.schedules import anneal
 from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint
 from msd3d.scene_builder import build_renderer
+from msd3d.schedules import anneal
 
 
 class TrainingInterrupted(Msd3dError):
@@ -246,7 +246,9 @@ class Trainer:
         self.renderer.update_occupancy(step)
         cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=self.generator)
         # prompts from the host copy of the cameras: reading device tensors would wait for the GPU
-        prompts = view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+        prompts = (
+            view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+        )
         cameras = cameras.to(self.device)
         shading = choose_shading(step, cfg.shading, self.generator)
         lights = sample_light_positions(cameras, cfg.shading, self.generator) if needs_light(shading) else None
@@ -269,7 +271,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # also when the loss is non-finite: the step is then dropped below, as before
         grads = [p.grad for p in self.params if p.grad is not None]
-        finite_flag = torch.stack([torch.isfinite(loss.detach()).all(), *(torch.isfinite(g).all() for g in grads)]).all()
+        finite_flag = torch.stack(
+            [torch.isfinite(loss.detach()).all(), *(torch.isfinite(g).all() for g in grads)]
+        ).all()
         # the guard's decision, the loss terms and the guidance statistics: one host transfer (one
         # device sync) per step instead of one per gradient and per logged number
         stat_names = list(guided.stats)

@@ -110,10 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import diffusers  # noqa: F401
     import transformers  # noqa: F401
-
-    from msd3d.workflows.benchmark import BenchConfig, build_components, parse_methods, prepare_nerfacc, print_report, run_bench
-    from msd3d.errors import Msd3dError
     from rich.console import Console
+
+    from msd3d.errors import Msd3dError
+    from msd3d.workflows.benchmark import (
+        BenchConfig,
+        build_components,
+        parse_methods,
+        prepare_nerfacc,
+        print_report,
+        run_bench,
+    )
 
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
@@ -172,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"][name] = {"skipped": f"{left:.0f} s of budget left, needs about {variant.min_s:.0f} s"}
             save()
             continue
-        cli = ["msd3d", "bench", "--random-weights", args.arch, "--device", str(device), "--methods", ",".join(methods), "--resolution",
-               str(args.resolution), "--steps", str(args.steps), "--warmup", str(args.warmup), *variant.cli, *overrides]
+        cli = ["msd3d", "bench", "--random-weights", args.arch, "--device", str(device),
+               "--methods", ",".join(methods), "--resolution", str(args.resolution),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), *variant.cli, *overrides]
         say(f"variant {name}: {' '.join(cli)}")
         config = BenchConfig(
             methods=methods, random_weights=args.arch, steps=args.steps, warmup=args.warmup, resolution=args.resolution,

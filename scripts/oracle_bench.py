@@ -39,13 +39,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from msd3d.atomic_io import atomic_write_text
 from msd3d.config import RunConfig, load_config, recipe_dir
 from msd3d.errors import Msd3dError
-from msd3d.atomic_io import atomic_write_text
-from msd3d.workflows.text_to_3d import generate
 from msd3d.priors.catalogue import CATALOGUE
 from msd3d.registry import GUIDANCE
 from msd3d.run_dir import RunDir, read_json, write_json
+from msd3d.workflows.text_to_3d import generate
 
 METHODS = GUIDANCE.names()
 DEFAULT_OUT = Path("results") / "oracle_bench"
@@ -78,7 +78,9 @@ def recipe_path(method: str) -> Path:
     """``configs/<method>-oracle.yaml``; a clear error when it is not shipped."""
     path = recipe_dir() / f"{method}-oracle.yaml"
     if not path.is_file():
-        raise Msd3dError(f"no recipe {path.name} in {recipe_dir()}; choose --methods among the shipped *-oracle recipes")
+        raise Msd3dError(
+            f"no recipe {path.name} in {recipe_dir()}; choose --methods among the shipped *-oracle recipes"
+        )
     return path
 
 
@@ -213,7 +215,8 @@ def table_rows(rows: Sequence[BenchRow], summary: dict[str, Any]) -> list[list[s
         out.append([f"mean ({s['runs']} runs)", m, "", _fmt(s["mean_wall_s"], 0), _fmt(s["mean_it_per_s"]),
                     _fmt(s["mean_mode_psnr"]), _fmt(s["mean_blend_psnr"]), _fmt(s["mean_mode_minus_blend"]), ""])
     for other, w in summary["msd_beats"].items():
-        out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "", f"{w['msd_wins']}/{w['families']}", "", "", ""])
+        out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "",
+                    f"{w['msd_wins']}/{w['families']}", "", "", ""])
     return out
 
 
@@ -234,20 +237,26 @@ def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
 
 # -- main -------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="all", help="comma-separated catalogue families (default: all)")
-    p.add_argument("--methods", default="msd,sds", help=f"comma-separated methods among {','.join(METHODS)} (default: msd,sds)")
+    p.add_argument("--methods", default="msd,sds",
+                   help=f"comma-separated methods among {','.join(METHODS)} (default: msd,sds)")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every run (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="extra config override for every run (repeatable)")
     p.add_argument("--skip-existing", action="store_true", help="keep finished runs, resume unfinished ones")
     p.add_argument("--overwrite", action="store_true", help="delete existing run folders and start again")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--progress", action="store_true", help="show each run's progress bar")
     args = p.parse_args(argv)
-    args.families = list(CATALOGUE) if args.families == "all" else [f.strip() for f in args.families.split(",") if f.strip()]
+    if args.families == "all":
+        args.families = list(CATALOGUE)
+    else:
+        args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in args.families if f not in CATALOGUE]
     if unknown:
         p.error(f"unknown families {unknown}; choose from {', '.join(CATALOGUE)}")

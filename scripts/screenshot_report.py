@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="scale the PNG by this factor afterwards")
     parser.add_argument("--colors", type=int, default=0, help="quantise to this many colours (0 = full RGB)")
     parser.add_argument("--wait-ms", type=int, default=3000, help="virtual time the page gets to load")
-    parser.add_argument("--browser", default=None, help="Chromium binary (default: the first of %s on PATH)" % ", ".join(BROWSERS))
+    parser.add_argument("--browser", default=None,
+                        help="Chromium binary (default: the first of %s on PATH)" % ", ".join(BROWSERS))
     args = parser.parse_args(argv)
 
     page = resolve_page(args.target)

@@ -42,14 +42,15 @@ def _f(v, fmt: str) -> str:
 def compare(exact: dict, learned: dict) -> str:
     out = []
     for name in [n for n in exact if n in learned]:
-        e, l = exact[name], learned[name]
+        e, lrn = exact[name], learned[name]
         out.append(f"## {name} (prompt {e['dataset']['prompt']!r}, {e['particles']} particles, "
                    f"λ {e['lambda_start']:.3g} → {e['lambda_end']:.3g})\n")
-        info = l.get("denoiser") or {}
+        info = lrn.get("denoiser") or {}
         if info.get("kind") == "learned":
             t = info["training"]
             rows = info["error_by_sigma"]
-            out.append(f"Learned denoiser: {t['steps_run']} steps, {t['train_seconds']} s, final loss {t['final_loss']:.3g}.\n")
+            out.append(f"Learned denoiser: {t['steps_run']} steps, {t['train_seconds']} s, "
+                       f"final loss {t['final_loss']:.3g}.\n")
             out.append("| σ | " + " | ".join(f"{r['sigma']:.3g}" for r in rows) + " |")
             out.append("|---|" + "---|" * len(rows))
             out.append("| RMSE vs exact D | " + " | ".join(f"{r['rmse']:.3g}" for r in rows) + " |")
@@ -59,11 +60,11 @@ def compare(exact: dict, learned: dict) -> str:
         out.append("| method | " + " | ".join(f"{h} exact | {h} learned" for _, h, _ in keys) + " |")
         out.append("|---|" + "---|---|" * len(keys))
         for m in e["methods"]:
-            if m not in l["methods"]:
+            if m not in lrn["methods"]:
                 continue
             cells = []
             for k, _, fmt in keys:
-                cells += [_f(e["methods"][m].get(k), fmt), _f(l["methods"][m].get(k), fmt)]
+                cells += [_f(e["methods"][m].get(k), fmt), _f(lrn["methods"][m].get(k), fmt)]
             out.append(f"| {m} | " + " | ".join(cells) + " |")
         ref = e["reference_metrics"]
         out.append("| (exact samples) | " + " | ".join(f"{_f(ref.get(k), fmt)} | –" for k, _, fmt in keys) + " |\n")
@@ -71,7 +72,7 @@ def compare(exact: dict, learned: dict) -> str:
         def msd_rows(res):
             return {(r["kernel"], r["sampler_steps"], round(r["lambda_factor"], 3)): r
                     for r in res["efficiency"] if r["method"] == "msd" and r["draws"] == 1}
-        er, lr = msd_rows(e), msd_rows(l)
+        er, lr = msd_rows(e), msd_rows(lrn)
         if er:
             factors = sorted({k[2] for k in er})
             out.append("Relative error of MSD's estimate (1 product sample) against the exact mean shift "

@@ -13,7 +13,6 @@ the variants at the same cameras: mode and blend PSNR per family). The recipe is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -96,7 +95,8 @@ def model_card_markdown(card: dict) -> str:
         "# Learned catalogue prior",
         "",
         f"- data: {t['images']} flat-albedo renders ({c['views_per_variant']} random training cameras per variant) "
-        f"of {', '.join(t['families'])}, {c['render_size']}x{c['render_size']} px; rendering took {t['render_seconds']} s",
+        f"of {', '.join(t['families'])}, {c['render_size']}x{c['render_size']} px; "
+        f"rendering took {t['render_seconds']} s",
         f"- model: diffusers UNet2DConditionModel, blocks {c['block_out_channels']}, word embeddings of size "
         f"{c['text_dim']}; SD's scaled-linear DDPM schedule, epsilon-prediction, condition dropout {c['cond_dropout']}",
         f"- training: {t['steps_run']} steps of batch {c['batch']} (AdamW lr {c['lr']}) in {t['train_seconds']} s; "

@@ -13,17 +13,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from msd3d.workflows.batch_runner import load_batch_file, parse_shard, plan_batch
 from msd3d.commands.batch import batch
 from msd3d.errors import Msd3dError
 from msd3d.train import Trainer
+from msd3d.workflows.batch_runner import load_batch_file, parse_shard, plan_batch
 
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
 field: {nerf: {resolutions: [16, 32], hidden_dim: 16}}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
-guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
+guidance:
+  name: msd
+  msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}
 train: {steps: 4, val_every: 0, checkpoint_every: 1, eval_views: 2, val_views: 1, log_every: 1}
 shading: {albedo_only_steps: 100000}
 mesh: {resolution: 16, formats: [ply]}
@@ -223,7 +225,10 @@ prompts:
     assert mushroom["seconds"] > 0 and mushroom["train_seconds"] > 0
     assert "batch finished" in result.stdout and "2 ok, 2 failed" in result.stdout and "summary:" in result.stdout
 
-    checkpoints = [root / "a-red-mushroom-msd-oracle-0" / "checkpoints" / "last.pt", root / "a-donut-msd-oracle-2" / "checkpoints" / "last.pt"]
+    checkpoints = [
+        root / "a-red-mushroom-msd-oracle-0" / "checkpoints" / "last.pt",
+        root / "a-donut-msd-oracle-2" / "checkpoints" / "last.pt",
+    ]
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
 
     again = invoke(path, "--out", root, "-q")

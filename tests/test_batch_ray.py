@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from msd3d.workflows.batch_runner import load_batch_file, plan_batch
-from msd3d.workflows.batch_ray import RayOptions, run_ray_batch
-from msd3d.run_dir import RunDir
-
 from test_batch import invoke, read_summary, write_batch
+
+from msd3d.run_dir import RunDir
+from msd3d.workflows.batch_ray import RayOptions, run_ray_batch
+from msd3d.workflows.batch_runner import load_batch_file, plan_batch
 
 try:
     import ray  # noqa: F401
@@ -150,8 +149,8 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(batches, tmp
     plan = [p for p in plan_batch(load_batch_file(batches["path"]), tmp_path / "root") if p.index == 1]
     assert plan[0].action == "train"
     killed: list[tuple[int, int]] = []
-    result = run_ray_batch(plan, tmp_path / "root", RayOptions(poll_seconds=0.05), show_progress=False, log=lambda m: None,
-                           on_progress=kill_first_attempt(1, killed))
+    result = run_ray_batch(plan, tmp_path / "root", RayOptions(poll_seconds=0.05), show_progress=False,
+                           log=lambda m: None, on_progress=kill_first_attempt(1, killed))
     assert killed and killed[0][1] < 30, f"the worker was not killed during training: {killed}"
     (entry,) = result.entries
     assert entry.status == "ok", entry.error

@@ -15,13 +15,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 from msd3d.commands.bench import bench
 from msd3d.errors import ConfigError
 from msd3d.guidance.base import stat
-from msd3d.rng import to_device
 from msd3d.priors.schedule import VPSchedule
+from msd3d.rng import to_device
 from msd3d.train import read_scalars
+from msd3d.workflows.benchmark import BenchConfig, MethodTiming, parse_methods, run_bench, run_config
 
 #: Small scene and short samplers: a step takes well under a second on one CPU thread.
 TINY_SCENE = [
@@ -51,7 +51,8 @@ def _expected_counts(method: str, batch: int) -> tuple[int, int]:
         per_call = batch * g.msd.samples * (2 if g.msd.guidance_scale != 1 else 1)
         return g.msd.sampler_steps, g.msd.sampler_steps * per_call
     inversion = batch * (2 if g.sdi.inversion_guidance_scale != 1 else 1)
-    return g.sdi.inversion_steps + 1, g.sdi.inversion_steps * inversion + batch * (2 if g.sdi.guidance_scale != 1 else 1)
+    per_step = batch * (2 if g.sdi.guidance_scale != 1 else 1)
+    return g.sdi.inversion_steps + 1, g.sdi.inversion_steps * inversion + per_step
 
 
 def test_cli_bench_on_tiny_random_weights_writes_json_with_denoiser_counts(tmp_path):
@@ -141,7 +142,8 @@ def test_bench_flags_reach_the_run_config_and_overrides_win():
 
 def test_read_scalars_equals_float_of_each_value():
     values = [torch.tensor(True), torch.tensor(1.5, dtype=torch.float32), 2.25, torch.tensor([3.0]),
-              torch.tensor(1 / 3, dtype=torch.float32), torch.tensor(float("nan")), torch.tensor(0.1, dtype=torch.float16)]
+              torch.tensor(1 / 3, dtype=torch.float32), torch.tensor(float("nan")),
+              torch.tensor(0.1, dtype=torch.float16)]
     out = read_scalars(values)
     expected = [float(v) for v in values]
     assert out[:-2] == expected[:-2] and out[-1] == expected[-1] and math.isnan(out[-2])
@@ -224,8 +226,8 @@ def test_guidance_on_cuda_never_waits_for_the_gpu(method):
 @pytest.mark.cuda
 @cuda
 def test_bench_on_cuda_reports_peak_memory_and_counts():
-    from msd3d.workflows.benchmark import prepare_nerfacc
     from msd3d.errors import Msd3dError
+    from msd3d.workflows.benchmark import prepare_nerfacc
 
     try:
         prepare_nerfacc(torch.device("cuda"))

@@ -24,7 +24,8 @@ def _run(args):
 
 def _tiny_sd_overrides(tiny_run_overrides):
     """The tiny run, but on Stable Diffusion: CFG on, renders VAE-encoded at 64x64."""
-    keep = [o for o in tiny_run_overrides if not o.startswith(("prior.", "guidance.msd.guidance_scale", "guidance.msd.lambda"))]
+    dropped = ("prior.", "guidance.msd.guidance_scale", "guidance.msd.lambda")
+    keep = [o for o in tiny_run_overrides if not o.startswith(dropped)]
     return keep + ["prior.sd.render_size=64", "guidance.msd.guidance_scale=3.0", "guidance.msd.lambda_start=1.0",
                    "guidance.msd.lambda_end=0.2"]
 
@@ -93,9 +94,15 @@ def test_generate_oracle_and_resume(tmp_path, tiny_run_overrides):
         (["generate", "a donut", "--prior", "dalle"], "prior.name must be one of sd, oracle"),
         (["generate", "a donut", "guidance.msd.lambda_end=-1"], "guidance.msd.lambda_end must be greater than 0"),
             # messages name the full dotted key of the setting (issue 14)
-            (["generate", "a donut", "guidance.msd.kernel=gauss"], "guidance.msd.kernel must be one of exp, diffused, posterior"),
+            (
+                ["generate", "a donut", "guidance.msd.kernel=gauss"],
+                "guidance.msd.kernel must be one of exp, diffused, posterior",
+            ),
             (["generate", "a donut", "guidance.sds.weighting=x"], "guidance.sds.weighting must be one of"),
-            (["generate", "a donut", "guidance.sdi.inversion_steps=0"], "guidance.sdi.inversion_steps must be at least 1"),
+            (
+                ["generate", "a donut", "guidance.sdi.inversion_steps=0"],
+                "guidance.sdi.inversion_steps must be at least 1",
+            ),
             (["generate", "a donut", "prior.oracle.supersample=0"], "prior.oracle.supersample must be at least 1"),
             (["generate", "a donut", "prior.sd.dtype=fp8"], "prior.sd.dtype must be one of"),
             (["generate", "a donut", "field.nerf.features=0"], "field.nerf.features must be at least 1"),

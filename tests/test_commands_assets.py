@@ -22,12 +22,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from msd3d.workflows.assets import load_trained_renderer
 from msd3d.commands.export import export
 from msd3d.commands.render import render
 from msd3d.config import load_config
 from msd3d.export.mesh import Y_UP_FROM_Z_UP, srgb_to_linear_u8, vertex_albedo
 from msd3d.export.video import read_video_frames
+from msd3d.workflows.assets import load_trained_renderer
 from msd3d.workflows.text_to_3d import generate
 
 TINY_RECIPE = """\
@@ -35,7 +35,9 @@ prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
 field: {nerf: {resolutions: [16, 32], hidden_dim: 16}}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
-guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
+guidance:
+  name: msd
+  msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}
 train: {steps: 8, val_every: 0, checkpoint_every: 4, eval_views: 2, val_views: 1}
 shading: {albedo_only_steps: 100000}
 export: {mesh: false, video: false}
@@ -84,7 +86,9 @@ def load_glb(path: Path) -> trimesh.Trimesh:
 
 def test_export_all_formats_round_trip(run_dir, tmp_path):
     out = tmp_path / "meshes"
-    result = invoke("export", run_dir, "--format", "obj,glb", "-f", "ply", "--out", out, "--resolution", "32", "--device", "cpu")
+    result = invoke(
+        "export", run_dir, "--format", "obj,glb", "-f", "ply", "--out", out, "--resolution", "32", "--device", "cpu"
+    )
     assert result.exit_code == 0, result.output
     n_vertices, n_faces = counts_from(result.stdout)
     assert n_faces > 100
@@ -160,7 +164,8 @@ def test_export_rejects_bad_options(run_dir, tmp_path):
 def test_render_mp4_and_gif(run_dir, tmp_path):
     path = tmp_path / "spin.mp4"
     result = invoke(
-        "render", run_dir, "--frames", "5", "--size", "24", "--panels", "rgb,normals", "--fps", "10", "--out", path, "-q"
+        "render", run_dir, "--frames", "5", "--size", "24", "--panels", "rgb,normals", "--fps", "10",
+        "--out", path, "-q",
     )
     assert result.exit_code == 0, result.output
     frames = read_video_frames(path)

@@ -18,12 +18,12 @@ import torch
 import trimesh
 from omegaconf import OmegaConf
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_path, atomic_paths, atomic_write_files, atomic_write_text
+from msd3d.errors import Msd3dError
 from msd3d.export.mesh import (
     AUTO_THRESHOLD_LAYERS,
-    MeshExportConfig,
     Y_UP_FROM_Z_UP,
+    MeshExportConfig,
     export_mesh,
     export_mesh_files,
     extract_mesh,

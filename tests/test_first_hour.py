@@ -19,9 +19,9 @@ from msd3d import __version__
 from msd3d.cli import app
 from msd3d.config import load_config, resolve_recipe, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.workflows.text_to_3d import check_fresh, default_run_dir
 from msd3d.naming import slugify
 from msd3d.priors import stable_diffusion as sd
+from msd3d.workflows.text_to_3d import check_fresh, default_run_dir
 
 runner = CliRunner()
 
@@ -126,7 +126,10 @@ def test_single_file_checkpoint_loads_the_same_weights(tiny_files, suffix, tmp_p
     from msd3d.priors.sd_architectures import save_random_single_file
 
     folder, safetensors_file = tiny_files
-    path = safetensors_file if suffix == ".safetensors" else save_random_single_file("tiny", tmp_path / "t.ckpt", seed=3)
+    if suffix == ".safetensors":
+        path = safetensors_file
+    else:
+        path = save_random_single_file("tiny", tmp_path / "t.ckpt", seed=3)
     single = sd.StableDiffusionPrior(
         sd.StableDiffusionConfig(model=str(path), config=str(folder), render_size=64), device="cpu"
     )
@@ -181,7 +184,8 @@ SD_REPO_FILES = [
     "scheduler/scheduler_config.json",
     "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
     "text_encoder/pytorch_model.bin", "text_encoder/pytorch_model.fp16.bin",
-    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
     "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
     "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.bin",
     "unet/diffusion_pytorch_model.non_ema.safetensors",

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
+from test_export import EllipsoidField
 
-from msd3d.workflows.assets import frame_turntable, occupied_points
 from msd3d.export.video import VideoConfig, turntable_cameras_for
 from msd3d.render.cameras import Cameras, frame_points
-from test_export import EllipsoidField
+from msd3d.workflows.assets import frame_turntable, occupied_points
 
 
 def ellipsoid_mask(cameras: Cameras, centre, axes) -> torch.Tensor:
@@ -29,7 +29,10 @@ def silhouette_spans(mask: torch.Tensor) -> torch.Tensor:
     spans = []
     for m in mask:
         rows, cols = m.any(dim=1).nonzero(), m.any(dim=0).nonzero()
-        spans.append(0.0 if len(rows) == 0 else max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) / m.shape[0])
+        if len(rows) == 0:
+            spans.append(0.0)
+        else:
+            spans.append(max(int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) / m.shape[0])
     return torch.tensor(spans)
 
 
@@ -97,7 +100,11 @@ def test_floaters_do_not_shrink_the_object_but_thin_parts_count():
     from test_export import SpheresField
 
     # a ball, a thin stem under it (part of the object) and a small floater far off to the side
-    ball = SpheresField([((0.0, 0.0, 0.1), 0.3)] + [((0.0, 0.0, 0.1 - 0.04 * i), 0.05) for i in range(16)] + [((0.8, 0.8, 0.8), 0.06)])
+    ball = SpheresField(
+        [((0.0, 0.0, 0.1), 0.3)]
+        + [((0.0, 0.0, 0.1 - 0.04 * i), 0.05) for i in range(16)]
+        + [((0.8, 0.8, 0.8), 0.06)]
+    )
     points = occupied_points(ball)
     lo, hi = points.min(dim=0).values, points.max(dim=0).values
     assert float(hi.max()) < 0.5  # the floater at (0.8, 0.8, 0.8) is gone

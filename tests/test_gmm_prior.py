@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GMM_COVS as COVS
+from conftest import GMM_MEANS as MEANS
+from conftest import GMM_WEIGHTS as WEIGHTS
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from msd3d.priors.gmm import GaussianMixturePrior
-
-from conftest import GMM_COVS as COVS
-from conftest import GMM_MEANS as MEANS
-from conftest import GMM_WEIGHTS as WEIGHTS
 
 
 @pytest.fixture
@@ -80,7 +79,8 @@ def test_product_is_bayes_posterior_and_matches_mean_shift(prior):
     for b in range(2):
         logw = np.array(
             [
-                math.log(WEIGHTS[k]) + multivariate_normal(MEANS[k], np.array(COVS[k]) + lam**2 * np.eye(2)).logpdf(x[b].numpy())
+                math.log(WEIGHTS[k])
+                + multivariate_normal(MEANS[k], np.array(COVS[k]) + lam**2 * np.eye(2)).logpdf(x[b].numpy())
                 for k in range(3)
             ]
         )

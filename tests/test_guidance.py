@@ -143,7 +143,9 @@ def test_sds_target_mean_matches_quadrature_gmm(gmm):
     n = 20_000
     x0 = torch.tensor([0.4, 0.3], dtype=torch.float64)
     sds = SDS(gmm, SDSConfig(guidance_scale=1.0, t_schedule="anneal", t_min=0.1, t_max=0.3))
-    out = sds(x0.repeat(n, 1), gmm.condition([""] * n), step=0, total_steps=5, generator=torch.Generator().manual_seed(3))
+    out = sds(
+        x0.repeat(n, 1), gmm.condition([""] * n), step=0, total_steps=5, generator=torch.Generator().manual_seed(3)
+    )
     sigma = float(gmm.sigma_from_time(torch.tensor([0.3]))[0])
     nodes, weights = np.polynomial.hermite.hermgauss(80)
     gx, gy = np.meshgrid(nodes, nodes, indexing="ij")

@@ -32,7 +32,9 @@ def _train(prior: GaussianMixturePrior, steps: int) -> LearnedMixturePrior:
 
 
 def _mean_rel_error(exact: GaussianMixturePrior, learned: LearnedMixturePrior, prompt: str) -> float:
-    rows = denoiser_error(exact, learned, SIGMAS, prompt=prompt, samples=512, generator=torch.Generator().manual_seed(1))
+    rows = denoiser_error(
+        exact, learned, SIGMAS, prompt=prompt, samples=512, generator=torch.Generator().manual_seed(1)
+    )
     return sum(r["rel_error"] for r in rows) / len(rows)
 
 
@@ -67,7 +69,9 @@ def test_saved_denoiser_loads_through_the_prior_interface(two_class_mixture, tmp
     assert not torch.allclose(loaded.denoise(z, 0.3, cond, guidance_scale=3.0), loaded.denoise(z, 0.3, cond))
     # MSD runs on it unchanged, counting denoiser evaluations as on any prior
     loaded.counter.reset()
-    target, ys = mean_shift_target(loaded, z.double(), cond, 0.5, MSDConfig(sampler_steps=3, samples=2, guidance_scale=1.0))
+    target, ys = mean_shift_target(
+        loaded, z.double(), cond, 0.5, MSDConfig(sampler_steps=3, samples=2, guidance_scale=1.0)
+    )
     assert target.shape == (6, 2) and target.dtype == torch.float64 and torch.isfinite(target).all()
     assert loaded.counter.calls == 3 and loaded.counter.evaluations == 3 * 12
     with pytest.raises(ValueError, match="unknown class"):

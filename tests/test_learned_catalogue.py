@@ -69,7 +69,9 @@ def test_trains_saves_and_loads_through_the_prior_interface(trained):
     # classifier-free guidance changes the output, and so do attribute words
     assert (prior.denoise(z, 0.5, cond, guidance_scale=5.0) - d).abs().max() > 1e-4
     same = prior.condition(["a red mushroom, front view"] * 2)
-    assert (prior.denoise(z, 0.5, same) - d)[1].abs().max() > 1e-5 and torch.allclose(prior.denoise(z, 0.5, same)[0], d[0])
+    assert (prior.denoise(z, 0.5, same) - d)[1].abs().max() > 1e-5 and torch.allclose(
+        prior.denoise(z, 0.5, same)[0], d[0]
+    )
     # which variant it prefers from the variants' blend: a distribution over the family's variants
     from msd3d.priors.catalogue import CATALOGUE
     from msd3d.render.cameras import turntable_cameras

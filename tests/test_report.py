@@ -20,12 +20,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from msd3d import report as report_module
-from msd3d.workflows.assets import frame_turntable, load_trained_renderer
-from msd3d.workflows.batch_runner import EntryResult, write_batch_summary
 from msd3d.config import load_config, resolve_recipe
 from msd3d.export.video import turntable_cameras_for
-from msd3d.workflows.text_to_3d import generate
 from msd3d.report import write_batch_index, write_run_report
+from msd3d.workflows.assets import frame_turntable, load_trained_renderer
+from msd3d.workflows.batch_runner import EntryResult, write_batch_summary
+from msd3d.workflows.text_to_3d import generate
 
 STEPS = 4
 
@@ -48,7 +48,9 @@ class Page(HTMLParser):
                 self.urls.append((tag, value))
 
     def count(self, tag: str, css_class: str | None = None) -> int:
-        return sum(t == tag and (css_class is None or css_class in (a.get("class") or "").split()) for t, a in self.tags)
+        return sum(
+            t == tag and (css_class is None or css_class in (a.get("class") or "").split()) for t, a in self.tags
+        )
 
 
 def check_offline_page(page: Path) -> Page:
@@ -71,8 +73,12 @@ def run_dir(tmp_path_factory) -> Path:
     from conftest import TINY_RUN
 
     overrides = [o for o in TINY_RUN if not o.startswith(("train.val_every", "video."))]
-    overrides += [f"train.steps={STEPS}", "train.val_every=2", "video.frames=8", "video.size=32", "mesh.formats=[obj,glb]"]
-    config = load_config(resolve_recipe("msd-oracle", None, None), overrides, {"prompt": "a red mushroom", "device": "cpu"})
+    overrides += [
+        f"train.steps={STEPS}", "train.val_every=2", "video.frames=8", "video.size=32", "mesh.formats=[obj,glb]"
+    ]
+    config = load_config(
+        resolve_recipe("msd-oracle", None, None), overrides, {"prompt": "a red mushroom", "device": "cpu"}
+    )
     run = tmp_path_factory.mktemp("report") / "run"
     shown = io.StringIO()  # what the progress display printed (rich writes to sys.stderr)
     with contextlib.redirect_stderr(shown):
@@ -163,8 +169,13 @@ def test_batch_index_has_a_card_per_entry_and_the_table(run_dir, tmp_path):
     (root / "a-red-mushroom-0" / "report.html").unlink()
     summary = json.loads((run_dir / "summary.json").read_text())
     entries = [
-        EntryResult(0, "a red mushroom", "ok", seed=0, steps=STEPS, scores=summary["scores"], run_dir=str(root / "a-red-mushroom-0")),
-        EntryResult(1, "a blue teapot", "failed", seed=0, error="prompt not in the oracle catalogue", run_dir=str(root / "b")),
+        EntryResult(
+            0, "a red mushroom", "ok", seed=0, steps=STEPS, scores=summary["scores"],
+            run_dir=str(root / "a-red-mushroom-0"),
+        ),
+        EntryResult(
+            1, "a blue teapot", "failed", seed=0, error="prompt not in the oracle catalogue", run_dir=str(root / "b")
+        ),
     ]
     write_batch_summary(entries, root)
     page = write_batch_index(root)
@@ -210,8 +221,9 @@ def test_report_of_an_unfinished_run(run_dir, tmp_path):
 
 def test_msd3d_batch_writes_the_index(tmp_path):
     """The batch command ends with index.html: a card per entry, each finished run's report linked."""
-    from msd3d.cli import app
     from test_batch import write_batch
+
+    from msd3d.cli import app
 
     path = write_batch(
         tmp_path,

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 from msd3d.cli import app
 from msd3d.config import load_config, to_yaml
 from msd3d.errors import ConfigError, Msd3dError
-from msd3d.workflows.text_to_3d import generate
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.train import Trainer, TrainingDiverged
+from msd3d.workflows.text_to_3d import generate
 
 runner = CliRunner()
 
@@ -37,7 +37,9 @@ prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
 field: {resolutions: [16, 32], hidden_dim: 16}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
-guidance: {name: msd, msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}}
+guidance:
+  name: msd
+  msd: {guidance_scale: 1.0, kernel: posterior, sampler_steps: 2, lambda_start: 20, lambda_end: 0.5}
 train: {steps: 4, val_every: 0, log_every: 1, checkpoint_every: 2, eval_views: 2, val_views: 1}
 shading: {albedo_only_steps: 100000}
 export: {mesh: false, video: false}
@@ -188,7 +190,9 @@ time.sleep(60)
 def test_a_second_process_on_a_run_folder_fails_at_once(tmp_path, recipe):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out / ".msd3d.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out / ".msd3d.lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.perf_counter()
@@ -493,8 +497,8 @@ def test_sigterm_while_meshing_exits_130_with_a_message(tmp_path, recipe, monkey
 
 @pytest.mark.parametrize("command", ["export", "render"])
 def test_sigterm_during_export_and_render_exits_130(trained, tmp_path, monkeypatch, command):
-    import msd3d.workflows.assets
     import msd3d.export.mesh
+    import msd3d.workflows.assets
 
     def slow(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -9,8 +9,8 @@ import torch
 
 from msd3d.scene.background import Background, BackgroundConfig
 from msd3d.scene.base import RadianceField
-from msd3d.scene.encodings import DenseGridEncoding, TriplaneEncoding, grid_sample_is_twice_differentiable
 from msd3d.scene.components import trunc_exp
+from msd3d.scene.encodings import DenseGridEncoding, TriplaneEncoding, grid_sample_is_twice_differentiable
 from msd3d.scene.nerf import NeRFConfig, NeRFField
 
 

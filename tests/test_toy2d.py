@@ -197,7 +197,11 @@ def test_suite_writes_one_folder_per_dataset(tmp_path):
 
 def test_grid_and_methods():
     g = grid_particles((-1.0, 1.0, 0.0, 2.0), 4)
-    assert g.shape == (16, 2) and float(g[:, 0].min()) == pytest.approx(-0.75) and float(g[:, 1].max()) == pytest.approx(1.75)
+    assert (
+        g.shape == (16, 2)
+        and float(g[:, 0].min()) == pytest.approx(-0.75)
+        and float(g[:, 1].max()) == pytest.approx(1.75)
+    )
     assert parse_method("msd-exp") == ("msd", {"kernel": "exp"}) and parse_method("SDS") == ("sds", {})
     with pytest.raises(ValueError, match="unknown method"):
         parse_method("vsd")

@@ -18,16 +18,26 @@ ACTION_STYLES = {"train": "green", "resume": "yellow", "skip": "cyan", "invalid"
 
 
 def batch(
-    file: Path = typer.Argument(..., help="Batch YAML: 'prompts' (+ optional 'defaults'); see configs/batches/example.yaml."),
+    file: Path = typer.Argument(
+        ..., help="Batch YAML: 'prompts' (+ optional 'defaults'); see configs/batches/example.yaml."
+    ),
     out: Optional[Path] = typer.Option(None, help="Batch root folder (default: outputs/<FILE stem>)."),
     shard: Optional[str] = typer.Option(
-        None, metavar="I/N", help="Run only the entries with index % N == I (0-based), e.g. 0/4 ... 3/4 on four machines."
+        None,
+        metavar="I/N",
+        help="Run only the entries with index % N == I (0-based), e.g. 0/4 ... 3/4 on four machines.",
     ),
-    device: Optional[str] = typer.Option(None, help="Device for every entry, overriding the file: auto, cpu, cuda, cuda:N."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the resolved entries and run directories; train nothing."),
+    device: Optional[str] = typer.Option(
+        None, help="Device for every entry, overriding the file: auto, cpu, cuda, cuda:N."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the resolved entries and run directories; train nothing."
+    ),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop after the first failed entry."),
     allow_outside_root: bool = typer.Option(
-        False, "--allow-outside-root", help="Let entries' 'out' be absolute, ~ or climb out of the batch root with '..'."
+        False,
+        "--allow-outside-root",
+        help="Let entries' 'out' be absolute, ~ or climb out of the batch root with '..'.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ray: Optional[str] = typer.Option(
@@ -40,14 +50,20 @@ def batch(
         help="local (default: one entry after another in this process) or ray (Ray on this machine, as --ray local).",
     ),
     gpus_per_run: Optional[float] = typer.Option(
-        None, min=0, rich_help_panel="Ray executor", help="GPUs per entry with Ray (default: 1 if the cluster has GPUs, else 0)."
+        None,
+        min=0,
+        rich_help_panel="Ray executor",
+        help="GPUs per entry with Ray (default: 1 if the cluster has GPUs, else 0).",
     ),
     cpus_per_run: float = typer.Option(
         1.0, rich_help_panel="Ray executor",
         help="CPUs (and torch threads) per entry with Ray; on a CPU-only machine entries at once = CPUs / this.",
     ),
     max_retries: int = typer.Option(
-        3, min=0, rich_help_panel="Ray executor", help="Restarts of an entry whose Ray worker or node is lost (it resumes from its checkpoint)."
+        3,
+        min=0,
+        rich_help_panel="Ray executor",
+        help="Restarts of an entry whose Ray worker or node is lost (it resumes from its checkpoint).",
     ),
 ) -> None:
     """Train every prompt of FILE; finished entries are skipped and interrupted ones resume.
@@ -59,8 +75,15 @@ def batch(
     with user_errors():
         from datetime import datetime, timezone
 
-        from msd3d.workflows.batch_runner import default_batch_root, load_batch_file, parse_shard, plan_batch, run_batch, summary_stem
-        from msd3d.workflows.batch_runner import write_batch_summary
+        from msd3d.workflows.batch_runner import (
+            default_batch_root,
+            load_batch_file,
+            parse_shard,
+            plan_batch,
+            run_batch,
+            summary_stem,
+            write_batch_summary,
+        )
 
         shard_range = parse_shard(shard)
         ray_options = _ray_options(executor, ray, gpus_per_run, cpus_per_run, max_retries)
@@ -80,7 +103,8 @@ def batch(
         counts = {a: sum(p.action == a for p in plan) for a in ("train", "resume", "skip", "invalid")}
         _log(
             f"batch {file}: {len(plan)} entries{f' (shard {shard})' if shard else ''} -> {root}: "
-            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} finished, {counts['invalid']} invalid"
+            f"{counts['train']} to train, {counts['resume']} to resume, "
+            f"{counts['skip']} finished, {counts['invalid']} invalid"
         )
         for item in plan:
             if item.action == "invalid":
@@ -100,7 +124,9 @@ def batch(
 
         try:
             if ray_options is None:
-                result = run_batch(plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress)
+                result = run_batch(
+                    plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress
+                )
             else:
                 from msd3d.workflows.batch_ray import run_ray_batch
 
@@ -123,7 +149,11 @@ def batch(
 
 
 def _ray_options(
-    executor: Optional[str], address: Optional[str], gpus_per_run: Optional[float], cpus_per_run: float, max_retries: int
+    executor: Optional[str],
+    address: Optional[str],
+    gpus_per_run: Optional[float],
+    cpus_per_run: float,
+    max_retries: int,
 ):
     """The Ray executor's options (checked; Ray must be installed), or None for the local executor."""
     from msd3d.errors import Msd3dError
@@ -242,6 +272,8 @@ def _print_results(result, root: Path) -> None:
         table.add_row(
             str(e.index), _text(e.prompt), _fmt(e.seed, "d"), f"[{STATUS_STYLES.get(e.status, '')}]{e.status}[/]",
             _fmt(e.steps, "d"), f"{e.seconds:.1f}", _psnr(scores),
-            _text(_clip(e.error or "") if e.status in ("failed", "interrupted", "not run") else _short(e.run_dir, root)),
+            _text(
+                _clip(e.error or "") if e.status in ("failed", "interrupted", "not run") else _short(e.run_dir, root)
+            ),
         )
     Console(soft_wrap=False).print(table)

@@ -46,7 +46,9 @@ def bench(
     ] = None,
     batch: Annotated[int, typer.Option(help="Views per step (camera.batch_size).")] = 1,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Model dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="Model dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16, fp32.")
+    ] = "auto",
     compile: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile the UNet (CUDA; compile time reported apart).")
     ] = False,
@@ -65,12 +67,16 @@ def bench(
     ] = None,
     prompt: Annotated[
         Optional[str],
-        typer.Option(help="Prompt of the benchmarked run (not timed; default: a hamburger, on the oracle a red mushroom)."),
+        typer.Option(
+            help="Prompt of the benchmarked run (not timed; default: a hamburger, on the oracle a red mushroom)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     start_step: Annotated[int, typer.Option(help="Training step of the first warm-up step (schedules follow it).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch's default).")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")] = None,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ) -> None:
     """Time one full training step (render, VAE encode, guidance, backward, Adam) and the guidance

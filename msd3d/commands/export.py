@@ -58,15 +58,22 @@ def _size(path: Path) -> str:
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by msd3d generate."),
     formats: Optional[List[str]] = typer.Option(
-        None, "--format", "-f", help="obj, glb and/or ply; repeat or use a comma list (default: the run's mesh.formats)."
+        None,
+        "--format",
+        "-f",
+        help="obj, glb and/or ply; repeat or use a comma list (default: the run's mesh.formats).",
     ),
     resolution: Optional[int] = typer.Option(None, help="Marching-cubes grid points per axis (mesh.resolution)."),
-    threshold: Optional[str] = typer.Option(None, help='Density iso-level: "auto" or a positive number (mesh.threshold).'),
+    threshold: Optional[str] = typer.Option(
+        None, help='Density iso-level: "auto" or a positive number (mesh.threshold).'
+    ),
     texture: Optional[bool] = typer.Option(
         None, "--texture/--no-texture", help="Bake a UV texture (xatlas) instead of vertex colours (mesh.texture)."
     ),
     texture_size: Optional[int] = typer.Option(None, help="Texture width = height in pixels (mesh.texture_size)."),
-    decimate: Optional[int] = typer.Option(None, "--decimate", metavar="FACES", help="Decimate to at most FACES faces; 0 = off."),
+    decimate: Optional[int] = typer.Option(
+        None, "--decimate", metavar="FACES", help="Decimate to at most FACES faces; 0 = off."
+    ),
     keep_components: Optional[int] = typer.Option(
         None, help="Keep the N largest connected components; 0 = all (mesh.keep_components)."
     ),
@@ -81,10 +88,10 @@ def export(
         import dataclasses
         import time
 
-        from msd3d.workflows.assets import load_trained_renderer
+        from msd3d.device import resolve_device
         from msd3d.errors import Msd3dError
         from msd3d.export.mesh import MESH_FORMATS, export_mesh_files, extract_mesh
-        from msd3d.device import resolve_device
+        from msd3d.workflows.assets import load_trained_renderer
 
         t0 = time.perf_counter()
         chosen = parse_choices(formats, MESH_FORMATS, "--format")

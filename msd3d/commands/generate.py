@@ -11,7 +11,9 @@ from msd3d.commands import user_errors
 from msd3d.registry import GUIDANCE, PRIORS
 
 
-def _split_prompt_and_overrides(prompt: Optional[str], overrides: Optional[List[str]]) -> tuple[Optional[str], list[str]]:
+def _split_prompt_and_overrides(
+    prompt: Optional[str], overrides: Optional[List[str]]
+) -> tuple[Optional[str], list[str]]:
     overrides = list(overrides or [])
     if prompt is not None and "=" in prompt and " " not in prompt and "." in prompt.split("=", 1)[0]:
         # `msd3d generate --resume DIR train.steps=200`: no prompt, only overrides
@@ -22,15 +24,21 @@ def _split_prompt_and_overrides(prompt: Optional[str], overrides: Optional[List[
 def generate(
     prompt: Optional[str] = typer.Argument(None, help='What to make, e.g. "a hamburger". Not needed with --resume.'),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides as key=value, e.g. train.steps=2000."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Recipe YAML path or shipped name (msd-sd, msd-oracle, ...)."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="Recipe YAML path or shipped name (msd-sd, msd-oracle, ...)."
+    ),
     prior: Optional[str] = typer.Option(None, help=f"The prior: {PRIORS.help()} (prior.name)."),
     guidance: Optional[str] = typer.Option(None, help=f"The guidance method: {GUIDANCE.help()}."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (train.steps)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default outputs/<prompt-slug>-<guidance>-<prior>-<seed>)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run directory (default outputs/<prompt-slug>-<guidance>-<prior>-<seed>)."
+    ),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    model: Optional[str] = typer.Option(None, help="Stable Diffusion hub id, local diffusers folder or .safetensors/.ckpt file (prior.sd.model)."),
+    model: Optional[str] = typer.Option(
+        None, help="Stable Diffusion hub id, local diffusers folder or .safetensors/.ckpt file (prior.sd.model)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Optimise a 3-D asset for PROMPT; writes checkpoints, metrics, mesh and turntable to a run directory."""
@@ -54,7 +62,10 @@ def generate(
         if resume is not None:
             run = RunDir(resume)
             if not run.config.is_file():
-                raise Msd3dError(f"cannot resume {str(resume)!r}: no config.yaml there; pass a run directory written by msd3d generate")
+                raise Msd3dError(
+                    f"cannot resume {str(resume)!r}: no config.yaml there; "
+                    "pass a run directory written by msd3d generate"
+                )
             if config is not None:
                 raise Msd3dError("--config cannot be combined with --resume; the run keeps its own config.yaml")
             cfg = load_config(run.config, overrides, values)

@@ -18,9 +18,17 @@ def render(
     frames: Optional[int] = typer.Option(None, help="Views in the full circle (default: the run's video.frames, 120)."),
     size: Optional[int] = typer.Option(None, help="Height = width of each panel in pixels (video.size)."),
     fps: Optional[int] = typer.Option(None, help="Frames per second (video.fps)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="mp4 or gif (default: from --out's extension, else video.format)."),
-    elevation: Optional[float] = typer.Option(None, help="Camera elevation in degrees above the horizon (video.elevation)."),
-    distance: Optional[float] = typer.Option(None, help="Camera distance from the origin, metres (video.distance); default: framed from the object's extent (video.fill)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="mp4 or gif (default: from --out's extension, else video.format)."
+    ),
+    elevation: Optional[float] = typer.Option(
+        None, help="Camera elevation in degrees above the horizon (video.elevation)."
+    ),
+    distance: Optional[float] = typer.Option(
+        None,
+        help="Camera distance from the origin, metres (video.distance); "
+        "default: framed from the object's extent (video.fill).",
+    ),
     fovy: Optional[float] = typer.Option(None, help="Vertical field of view in degrees (video.fovy)."),
     panels: Optional[List[str]] = typer.Option(
         None, help="Side-by-side panels, left to right: rgb, normals, depth, opacity (comma list or repeated)."
@@ -39,12 +47,12 @@ def render(
         import dataclasses
         import time
 
-        from msd3d.workflows.assets import load_trained_renderer, write_turntable
         from msd3d.commands.export import parse_choices
+        from msd3d.device import resolve_device
         from msd3d.errors import Msd3dError
         from msd3d.export.video import PANELS, VIDEO_FORMATS
         from msd3d.render.shading import SHADING_MODES
-        from msd3d.device import resolve_device
+        from msd3d.workflows.assets import load_trained_renderer, write_turntable
 
         t0 = time.perf_counter()
         if shading not in SHADING_MODES:
@@ -67,7 +75,8 @@ def render(
         config, renderer, step = load_trained_renderer(run_dir, resolve_device(device))
         changes = {
             "frames": frames, "size": size, "fps": fps, "format": fmt, "elevation": elevation,
-            "distance": distance, "fill": 0.0 if distance is not None else None, "fovy": fovy, "panels": tuple(chosen_panels) if chosen_panels else None,
+            "distance": distance, "fill": 0.0 if distance is not None else None, "fovy": fovy,
+            "panels": tuple(chosen_panels) if chosen_panels else None,
         }
         video = dataclasses.replace(config.video, **{k: v for k, v in changes.items() if v is not None})
         try:

@@ -147,7 +147,9 @@ def fractal(
     )
 
 
-def spiral(turns: float = 2.0, components: int = 80, r_min: float = 0.3, r_max: float = 2.4, width: float = 0.07) -> GaussianMixturePrior:
+def spiral(
+    turns: float = 2.0, components: int = 80, r_min: float = 0.3, r_max: float = 2.4, width: float = 0.07
+) -> GaussianMixturePrior:
     """An Archimedean spiral ``r = r_min + (r_max - r_min) theta / (2 pi turns)`` as a chain of
     ``components`` Gaussians equally spaced in arc length, ``width`` thick."""
     if components < 3 or turns <= 0 or not 0 <= r_min < r_max or width <= 0:
@@ -163,7 +165,9 @@ def spiral(turns: float = 2.0, components: int = 80, r_min: float = 0.3, r_max: 
     return GaussianMixturePrior(torch.tensor(np.array(m)), torch.tensor(np.array(c)), torch.tensor(w))
 
 
-def pinwheel(arms: int = 5, components_per_arm: int = 8, r_min: float = 0.5, r_max: float = 2.4, twist: float = 0.55) -> GaussianMixturePrior:
+def pinwheel(
+    arms: int = 5, components_per_arm: int = 8, r_min: float = 0.5, r_max: float = 2.4, twist: float = 0.55
+) -> GaussianMixturePrior:
     """``arms`` curved arms (angle grows by ``twist`` radians per unit radius) that widen outwards."""
     if arms < 1 or components_per_arm < 2 or not 0 <= r_min < r_max:
         raise ValueError("pinwheel needs arms >= 1, components_per_arm >= 2 and 0 <= r_min < r_max")
@@ -227,7 +231,9 @@ def load_gmm_json(path: Path | str) -> GaussianMixturePrior:
         raise Msd3dError(f"{where} must hold a JSON object with keys 'means', 'covs' and 'weights'")
     missing = [k for k in ("means", "covs", "weights") if k not in data]
     if missing:
-        raise Msd3dError(f"{where} is missing key(s) {', '.join(repr(k) for k in missing)}; expected 'means', 'covs', 'weights'")
+        raise Msd3dError(
+            f"{where} is missing key(s) {', '.join(repr(k) for k in missing)}; expected 'means', 'covs', 'weights'"
+        )
 
     def as_array(key: str) -> np.ndarray:
         try:
@@ -243,9 +249,13 @@ def load_gmm_json(path: Path | str) -> GaussianMixturePrior:
         raise Msd3dError(f"{where}: 'means' must be a list of K points of equal dimension, got shape {means.shape}")
     k, d = means.shape
     if covs.shape != (k, d, d):
-        raise Msd3dError(f"{where}: 'covs' must have shape (K, D, D) = ({k}, {d}, {d}) to match 'means', got {covs.shape}")
+        raise Msd3dError(
+            f"{where}: 'covs' must have shape (K, D, D) = ({k}, {d}, {d}) to match 'means', got {covs.shape}"
+        )
     if weights.shape != (k,):
-        raise Msd3dError(f"{where}: 'weights' must be a list of {k} numbers (one per component), got shape {weights.shape}")
+        raise Msd3dError(
+            f"{where}: 'weights' must be a list of {k} numbers (one per component), got shape {weights.shape}"
+        )
     if (weights < 0).any() or weights.sum() <= 0:
         raise Msd3dError(f"{where}: 'weights' must be non-negative with a positive sum")
     if not np.allclose(covs, covs.transpose(0, 2, 1), atol=1e-9, rtol=1e-9):
@@ -273,7 +283,9 @@ def load_gmm_json(path: Path | str) -> GaussianMixturePrior:
         if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
             raise Msd3dError(f"{where}: 'class_names' must be a list of non-empty strings")
         if len(names) <= int(labels.max()):
-            raise Msd3dError(f"{where}: 'class_names' has {len(names)} names but 'labels' uses class {int(labels.max())}")
+            raise Msd3dError(
+                f"{where}: 'class_names' has {len(names)} names but 'labels' uses class {int(labels.max())}"
+            )
         class_names = list(names)
     return GaussianMixturePrior(
         torch.tensor(means), torch.tensor(covs), torch.tensor(weights), labels=labels, class_names=class_names

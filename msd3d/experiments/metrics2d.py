@@ -236,7 +236,9 @@ def estimator_efficiency(
     cond = denoiser.condition([prompt] * len(x))
     baselines = {
         "sds": lambda: SDS(denoiser, replace(sds, guidance_scale=1.0, t_schedule="random")),
-        "sdi": lambda: SDI(denoiser, replace(sdi, guidance_scale=1.0, inversion_guidance_scale=1.0, t_schedule="random")),
+        "sdi": lambda: SDI(
+            denoiser, replace(sdi, guidance_scale=1.0, inversion_guidance_scale=1.0, t_schedule="random")
+        ),
     }
     for name, make in baselines.items():
         if name not in methods:

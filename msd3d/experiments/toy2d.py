@@ -56,7 +56,9 @@ the low-noise half of the schedule (sigma <= 1.6 on SD's schedule), so it cannot
 onto ``x`` in the first, large steps (the paper applies its kernel on a limited sigma interval)."""
 
 
-def parse_method(name: str, kernel_interval: tuple[float, float] = DEFAULT_KERNEL_INTERVAL) -> tuple[str, dict[str, Any]]:
+def parse_method(
+    name: str, kernel_interval: tuple[float, float] = DEFAULT_KERNEL_INTERVAL
+) -> tuple[str, dict[str, Any]]:
     """``"msd-exp"`` -> ``("msd", {"kernel": "exp"})``; ``"sds"`` -> ``("sds", {})``;
     ``"msd-exp-iv@16"`` -> ``("msd", {"kernel": "exp", "kernel_t_min": 0.0, "kernel_t_max": 0.5,
     "sampler_steps": 16})`` (``kernel_interval`` gives the ``-iv`` times)."""
@@ -544,7 +546,10 @@ DENOISER_FILE = "denoiser.safetensors"
 
 def _reusable(model: LearnedMixturePrior, prior: GaussianMixturePrior, train: Denoiser2DConfig) -> bool:
     """Whether a saved denoiser was trained on this mixture with these settings."""
-    return model.metadata.get("mixture_fingerprint") == mixture_fingerprint(prior) and asdict(model.config) == asdict(train)
+    return (
+        model.metadata.get("mixture_fingerprint") == mixture_fingerprint(prior)
+        and asdict(model.config) == asdict(train)
+    )
 
 
 def _efficiency(
@@ -637,7 +642,9 @@ def results_table(results: dict[str, Any]) -> str:
         "|---|" + "---|" * len(METRIC_COLUMNS),
     ]
     rows = dict(results["methods"])
-    rows["(exact samples)"] = {**results["reference_metrics"], "wall_s": math.nan, "evaluations_per_particle_step": math.nan}
+    rows["(exact samples)"] = {
+        **results["reference_metrics"], "wall_s": math.nan, "evaluations_per_particle_step": math.nan
+    }
     for name, m in rows.items():
         cells = []
         for key, _, fmt in METRIC_COLUMNS:
@@ -671,7 +678,8 @@ def efficiency_table(rows: Sequence[dict]) -> str:
     if not rows:
         return ""
     lines = [
-        "| method | kernel | λ / width | sampler steps | draws | evals/point | rel. error vs exact m | ideal (exact q samples) | 1 − cos vs ∇log p |",
+        "| method | kernel | λ / width | sampler steps | draws | evals/point "
+        "| rel. error vs exact m | ideal (exact q samples) | 1 − cos vs ∇log p |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -711,14 +719,18 @@ def write_outputs(
 def _density_image(prior: GaussianMixturePrior, bounds, prompt: str, res: int) -> Tensor:
     x0, x1, y0, y1 = bounds
     gx, gy = torch.meshgrid(
-        torch.linspace(x0, x1, res, dtype=torch.float64), torch.linspace(y0, y1, res, dtype=torch.float64), indexing="xy"
+        torch.linspace(x0, x1, res, dtype=torch.float64),
+        torch.linspace(y0, y1, res, dtype=torch.float64),
+        indexing="xy",
     )
     grid = torch.stack([gx, gy], dim=-1).reshape(-1, 2)
     logp = torch.cat([prior.log_prob(chunk, prompt=prompt) for chunk in grid.split(16384)]).reshape(res, res)
     return logp.clamp(min=float(logp.max()) - 10.0)
 
 
-def plot_particles(out_dir: Path, runs: dict[str, MethodRun], dataset: Dataset2D, prompt: str, config: Toy2DConfig) -> None:
+def plot_particles(
+    out_dir: Path, runs: dict[str, MethodRun], dataset: Dataset2D, prompt: str, config: Toy2DConfig
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_path, atomic_paths
+from msd3d.errors import Msd3dError
 from msd3d.lazy import lazy_module
 from msd3d.scene.base import RadianceField
 
@@ -98,7 +98,9 @@ class MeshExportConfig:
         if self.resolution < 8:
             raise ValueError("mesh.resolution must be at least 8")
         if self.resolution > 1024:
-            raise ValueError(f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}")
+            raise ValueError(
+                f"mesh.resolution must be at most 1024 (1024^3 densities take 4 GB), got {self.resolution}"
+            )
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 try:

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from msd3d.errors import Msd3dError
 from msd3d.priors.shapes import (
-    SDFField,
     XYZ,
+    SDFField,
     euler_matrix,
     frustum_from_radial,
     length2,

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from msd3d.priors.catalogue import CATALOGUE, Family, match_family
 from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
-from msd3d.priors.prompt_attributes import normalise_word, description_words, variant_attributes
+from msd3d.priors.prompt_attributes import description_words, normalise_word, variant_attributes
 from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, CameraConfig, sample_cameras, view_name
 
@@ -248,7 +248,9 @@ def save_learned_prior(path: Path | str, components: Mapping[str, Any], config: 
     from msd3d.atomic_io import atomic_path
 
     tensors = {f"unet.{k}": v.detach().contiguous().cpu() for k, v in components["unet"].state_dict().items()}
-    tensors.update({f"text.{k}": v.detach().contiguous().cpu() for k, v in components["text_encoder"].state_dict().items()})
+    tensors.update(
+        {f"text.{k}": v.detach().contiguous().cpu() for k, v in components["text_encoder"].state_dict().items()}
+    )
     cfg = asdict(config)
     meta = {
         "format": FORMAT,
@@ -402,9 +404,9 @@ def train_learned_prior(
         steps_run = step + 1
         if step >= config.steps // 2:  # loss by sigma over the second half of training
             sig = ((1 - a) / a).sqrt().flatten().tolist()
-            for s, l in zip(sig, per_sample.detach().tolist()):
+            for s, sample_loss in zip(sig, per_sample.detach().tolist()):
                 b = next(j for j in range(len(bands) - 1) if s < bands[j + 1])
-                band_sum[b] += l
+                band_sum[b] += sample_loss
                 band_count[b] += 1
         if on_step is not None:
             on_step(step, loss_value)

@@ -29,8 +29,8 @@ from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogu
 from msd3d.priors.prompt_attributes import variant_log_weights
 from msd3d.priors.schedule import VPSchedule
 from msd3d.priors.shapes import single_thread
-from msd3d.validation import check_choice, check_range, join
 from msd3d.render.cameras import Cameras
+from msd3d.validation import check_choice, check_range, join
 
 UNCONDITIONAL_MODES = ("all_families", "none")
 

@@ -76,7 +76,9 @@ def select_files(repo_files: Sequence[str], fp16: bool = True, configs_only: boo
     def pick(variant: str | None) -> list[str] | None:
         picked = []
         for component in WEIGHT_COMPONENTS:
-            found = next((w for fmt in _WEIGHT_SUFFIXES if (w := _weight_files(repo_files, component, fmt, variant))), None)
+            found = next(
+                (w for fmt in _WEIGHT_SUFFIXES if (w := _weight_files(repo_files, component, fmt, variant))), None
+            )
             if not found:
                 return None
             picked += found

@@ -450,7 +450,9 @@ def _load(source: str, dtype: torch.dtype, **common: Any) -> dict[str, Any]:
         return _load_components(source, dtype, common, variant)
 
 
-def _load_components(source: str, dtype: torch.dtype, common: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+def _load_components(
+    source: str, dtype: torch.dtype, common: dict[str, Any], variant: str | None = None
+) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -12,8 +12,9 @@ see :mod:`msd3d.scene.encodings` for why):
 * points outside the bound get zero density;
 * normals are ``-grad(density) / |grad(density)|`` (outward for a solid), by autograd ("analytic",
   the default: grid_sample is twice differentiable in current PyTorch, and it avoids forward
-  differences' density queries at 4x the points) or by finite differences of the raw density. Both are differentiable with respect
-  to the field's parameters, so lit shading and the orientation loss shape the geometry.
+  differences' density queries at 4x the points) or by finite differences of the raw density. Both
+  are differentiable with respect to the field's parameters, so lit shading and the orientation
+  loss shape the geometry.
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from msd3d.config import RunConfig, load_config
+from msd3d.errors import CheckpointError
 from msd3d.export.mesh import MeshExportConfig, density_grid, export_mesh_files, extract_mesh
 from msd3d.export.video import VideoConfig, render_turntable, turntable_cameras_for, write_video
 from msd3d.render.cameras import Cameras, frame_points
 from msd3d.render.volume import VolumeRenderer
 from msd3d.run_dir import RunDir, load_checkpoint
 from msd3d.scene_builder import build_renderer
-from msd3d.errors import CheckpointError
 
 
 def load_trained_renderer(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, VolumeRenderer, int]:
@@ -28,7 +28,9 @@ def load_trained_renderer(run_dir: Path, device: torch.device | str = "cpu") -> 
     run = RunDir(Path(run_dir))
     state = load_checkpoint(run, map_location=device)  # checks folder / checkpoint first
     if not run.config.is_file():
-        raise CheckpointError(f"{str(run.root)!r} has a checkpoint but no config.yaml; it was not written by msd3d generate")
+        raise CheckpointError(
+            f"{str(run.root)!r} has a checkpoint but no config.yaml; it was not written by msd3d generate"
+        )
     config = load_config(run.config)
     renderer = build_renderer(config)
     try:

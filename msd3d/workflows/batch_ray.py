@@ -33,13 +33,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from msd3d.workflows.batch_runner import BatchResult, EntryResult, PlannedEntry, PriorCache, not_run, run_dir_action, run_entry
-from msd3d.errors import Msd3dError
 from msd3d.atomic_io import atomic_write_text
+from msd3d.errors import Msd3dError
+from msd3d.workflows.batch_runner import (
+    BatchResult,
+    EntryResult,
+    PlannedEntry,
+    PriorCache,
+    not_run,
+    run_dir_action,
+    run_entry,
+)
 
 __all__ = ["RayOptions", "RayBatchResult", "ProgressBoard", "import_ray", "check_ray_options", "run_ray_batch"]
 
-RAY_MISSING = 'the Ray executor needs Ray, which is not installed: pip install "msd3d[ray]" (or drop --ray to run locally)'
+RAY_MISSING = (
+    'the Ray executor needs Ray, which is not installed: pip install "msd3d[ray]" (or drop --ray to run locally)'
+)
 
 LOCAL = "local"
 """``--ray`` without an address: start Ray embedded in this process, on this machine only."""
@@ -340,7 +350,8 @@ def run_ray_batch(
             try:
                 result, lines = ray.get(ref)
             except ray.exceptions.TaskCancelledError:
-                result, lines = not_run(item, "batch interrupted" if interrupted else "not run (--fail-fast after a failure)"), []
+                reason = "batch interrupted" if interrupted else "not run (--fail-fast after a failure)"
+                result, lines = not_run(item, reason), []
             except ray.exceptions.RayError as exc:
                 result = EntryResult(
                     index=item.index, prompt=item.prompt, status="failed", seed=item.seed,

@@ -198,7 +198,9 @@ def _parse_entry(index: int, raw: Any) -> BatchEntry:
         if isinstance(raw, str):
             raw = {"prompt": raw}
         if not isinstance(raw, dict):
-            raise EntryError(f"{who}: must be a prompt string or a mapping with a 'prompt' key, got {type(raw).__name__}")
+            raise EntryError(
+                f"{who}: must be a prompt string or a mapping with a 'prompt' key, got {type(raw).__name__}"
+            )
         prompt = raw.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise EntryError(f"{who}: missing 'prompt' (a non-empty string)")
@@ -512,8 +514,8 @@ class PriorCache:
         self._error: Msd3dError | None = None
 
     def get(self, config: RunConfig):
-        from msd3d.priors import build_prior
         from msd3d.device import resolve_device
+        from msd3d.priors import build_prior
 
         device = resolve_device(config.device)
         key = f"{config.prior!r}@{device}"
@@ -546,9 +548,9 @@ def run_entry(
     KeyboardInterrupt, with a checkpoint to resume from). ``position`` (e.g. ``"[2/5]"``) prefixes
     the log lines; ``on_step(step)`` is called after every training step.
     """
-    from msd3d.workflows.text_to_3d import generate
     from msd3d.run_dir import RunDir
     from msd3d.train import TrainingInterrupted
+    from msd3d.workflows.text_to_3d import generate
 
     tag = f"{position} entry {item.index}".strip()
     result = EntryResult(
@@ -682,6 +684,8 @@ def write_batch_summary(
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "mesh": ";".join(row["mesh"]), **{k: "" for k in SUMMARY_COLUMNS if row.get(k) is None}})
+        writer.writerow(
+            {**row, "mesh": ";".join(row["mesh"]), **{k: "" for k in SUMMARY_COLUMNS if row.get(k) is None}}
+        )
     atomic_write_text(csv_path, buffer.getvalue())
     return json_path, csv_path

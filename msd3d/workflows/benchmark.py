@@ -36,13 +36,13 @@ from typing import Any, Callable
 
 import torch
 
-from msd3d.config import RunConfig, load_config, resolve_recipe
-from msd3d.errors import ConfigError, Msd3dError
 from msd3d.atomic_io import atomic_write_json
+from msd3d.config import RunConfig, load_config, resolve_recipe
+from msd3d.device import resolve_device
+from msd3d.errors import ConfigError, Msd3dError
 from msd3d.priors.base import DiffusionPrior
 from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts
-from msd3d.device import resolve_device
 from msd3d.train import Trainer
 
 METHODS = GUIDANCE.names()
@@ -332,7 +332,9 @@ def _guidance_inputs(trainer: Trainer, step: int, generator: torch.Generator):
     """A fixed encoded render ``x`` and its condition, as one training step would produce them."""
     cfg = trainer.config
     cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=generator)
-    prompts = view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+    prompts = (
+        view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
+    )
     cameras = cameras.to(trainer.device)
     # with gradients, as in training: a compiled VAE encode would otherwise compile a second graph
     out = trainer.renderer(cameras, shading="albedo", generator=generator)

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from msd3d.workflows.assets import write_mesh, write_turntable
 from msd3d.config import RunConfig
 from msd3d.errors import DiskFullError, Msd3dError
 from msd3d.naming import run_name
@@ -16,6 +15,7 @@ from msd3d.progress_bar import make_progress
 from msd3d.report import SCORES_NAME, write_run_report
 from msd3d.run_dir import MetricsLog, RunDir, write_json
 from msd3d.train import Trainer, interrupt_on_signals
+from msd3d.workflows.assets import write_mesh, write_turntable
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -99,10 +99,13 @@ def generate(
         if resume:
             trainer.resume()
             log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
-        stopped = (
-            lambda name: f"{name} received while scoring and exporting: training finished at step {trainer.step} "
-            f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
-        )
+
+        def stopped(name: str) -> str:
+            return (
+                f"{name} received while scoring and exporting: training finished at step {trainer.step} "
+                f"and its checkpoint is kept; finish with: msd3d generate --resume {run_dir}"
+            )
+
         try:
             score_logger = ScoreLogger(trainer)
 
@@ -119,7 +122,10 @@ def generate(
                     try:
                         summary["report"] = str(write_run_report(trainer.run.root))  # returned, not in summary.json
                     except Exception as exc:  # the run's results are all written; a page must not fail it
-                        log(f"report.html not written ({type(exc).__name__}: {exc}); retry with: msd3d report {run_dir}")
+                        log(
+                            f"report.html not written ({type(exc).__name__}: {exc}); "
+                            f"retry with: msd3d report {run_dir}"
+                        )
         except DiskFullError as exc:  # one line that says what is safe on disk
             raise DiskFullError(exc.path, f"; {trainer.last_good_checkpoint()}") from None
     except BaseException:
@@ -196,7 +202,9 @@ def finish(
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:
         path = run.video(config.video.format)
-        out["video"] = write_turntable(trainer.renderer, config.video, path, show_progress=show_progress, progress=progress)
+        out["video"] = write_turntable(
+            trainer.renderer, config.video, path, show_progress=show_progress, progress=progress
+        )
         log(f"video: {path}")
     out["finish_seconds"] = time.perf_counter() - t0
     return out
