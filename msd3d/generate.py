@@ -65,7 +65,10 @@ def finish(trainer: Trainer, show_progress: bool = True, log: Callable[[str], No
     out["validation_png"] = str(trainer.save_validation(trainer.step, overwrite=False))
     if config.export.mesh:
         mesh_t0 = time.perf_counter()
-        out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root)
+        score = lambda mesh: trainer.prior.evaluate_geometry(config.prompt, mesh)  # noqa: E731
+        out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root, score=score)
+        if "geometry" in out["mesh"]:  # oracle runs: the mesh against the true shapes (scores.geometry)
+            out.setdefault("scores", {})["geometry"] = out["mesh"].pop("geometry")
         out["mesh"]["seconds"] = time.perf_counter() - mesh_t0
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:

@@ -157,6 +157,11 @@ class DiffusionPrior(abc.ABC):
         """Score finished renders (N, 3, H, W) at ``cameras``; None for priors that cannot (SD)."""
         return None
 
+    def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
+        """Score an exported mesh (a ``trimesh.Trimesh`` in world units) against the prompt's true
+        shapes; None for priors that have none (SD)."""
+        return None
+
     # -- noise levels --------------------------------------------------------------------------
     @property
     def sigma_min(self) -> float:

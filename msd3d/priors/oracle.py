@@ -264,3 +264,10 @@ class OraclePrior(DiffusionPrior):
     def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
         """Score a finished run's turntable renders (N, 3, H, W) against the prompt's variants."""
         return self.score(renders, cameras, prompt)
+
+    def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
+        """Geometry scores of an exported mesh against the nearest variant's true surface
+        (:func:`msd3d.scoring.geometry.score_mesh_against_family`)."""
+        from msd3d.scoring.geometry import score_mesh_against_family
+
+        return score_mesh_against_family(mesh, self.family_for(prompt))
