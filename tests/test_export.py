@@ -300,6 +300,9 @@ def test_glb_is_y_up_and_keeps_the_front_on_plus_x(tmp_path):
     np.testing.assert_allclose(gcentre, [centre[0], centre[2], -centre[1]], atol=1e-5)
     assert gcentre[1] > 0.25 and gcentre[0] > 0.05  # up stays up, front (+x) stays +x
     assert loaded.volume > 0  # a proper rotation keeps the faces outward
+    # the metadata says what the file holds (it said +z up before issue 8)
+    assert loaded.metadata["msd3d"]["up_axis"] == "+y" and loaded.metadata["msd3d"]["front_axis"] == "+x"
+    assert mesh.metadata["msd3d"]["up_axis"] == "+z"  # the in-memory mesh (and OBJ / PLY) stay +z up
 
 
 def test_textured_export_bakes_the_albedo(tmp_path):
@@ -327,8 +330,18 @@ def test_textured_export_bakes_the_albedo(tmp_path):
     assert "map_Kd tex.png" in (tmp_path / "tex.mtl").read_text()
     obj = trimesh.load(tmp_path / "tex.obj", process=False, force="mesh")
     assert len(obj.faces) == len(mesh.faces) and len(obj.vertices) == len(mesh.vertices)
-    np.testing.assert_allclose(obj.visual.uv, uv, atol=1e-6)
+    # each loaded corner keeps its position and UV (trimesh splits v/vt pairs again when loading)
+    np.testing.assert_allclose(obj.vertices[obj.faces], mesh.vertices[mesh.faces], atol=1e-6)
+    np.testing.assert_allclose(obj.visual.uv[obj.faces], uv[mesh.faces], atol=1e-6)
     assert np.asarray(obj.visual.material.image).shape[:2] == (256, 256)
+    # the file itself is one welded surface (issue 8): positions once, UVs indexed separately
+    lines = (tmp_path / "tex.obj").read_text().splitlines()
+    positions = np.array([[float(v) for v in line.split()[1:4]] for line in lines if line.startswith("v ")])
+    corners = [[int(c.split("/")[0]) - 1 for c in line.split()[1:]] for line in lines if line.startswith("f ")]
+    assert len(positions) == len(np.unique(mesh.vertices, axis=0)) < len(mesh.vertices)
+    assert sum(line.startswith("vt ") for line in lines) == len(mesh.vertices)
+    welded = trimesh.Trimesh(positions, np.array(corners), process=False)
+    assert welded.is_watertight and len(welded.split(only_watertight=False)) == 1
 
     export_mesh(mesh, tmp_path / "tex.glb")
     glb = trimesh.load(tmp_path / "tex.glb", process=False, force="mesh")

@@ -467,6 +467,14 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     """
     y_up = mesh.copy()
     y_up.apply_transform(Y_UP_FROM_Z_UP)
+    # the metadata travels into the GLB (mesh extras): it must describe the converted axes
+    y_up.metadata = dict(mesh.metadata)
+    y_up.metadata["msd3d"] = {
+        **dict(mesh.metadata.get("msd3d", {})),
+        "up_axis": "+y",
+        "front_axis": "+x",
+        "axes_from_msd3d_world": "(x, y, z) -> (x, z, -y)",
+    }
     if isinstance(y_up.visual, trimesh.visual.TextureVisuals):
         material = y_up.visual.material
         if isinstance(material, trimesh.visual.material.SimpleMaterial):
@@ -489,6 +497,31 @@ def _ply_bytes(mesh: trimesh.Trimesh) -> bytes:
     return trimesh.exchange.ply.export_ply(out, encoding="binary", vertex_normal=True, include_attributes=False)
 
 
+def _welded_textured_obj(mesh: trimesh.Trimesh, header: str, mtllib: str, material: str) -> str:
+    """OBJ text of a UV-textured mesh as one welded surface: ``v`` and ``vn`` once per distinct
+    position, ``vt`` once per UV-atlas vertex, faces ``f v/vt/vn`` index them separately.
+
+    The texture baker splits vertices along UV seams (every split copy has the same position); OBJ
+    can index positions and UVs separately, so the seams need not cut the surface apart.
+    """
+    vertices = np.asarray(mesh.vertices)
+    positions, position_of = np.unique(vertices, axis=0, return_inverse=True)
+    position_of = position_of.reshape(-1)
+    faces_v = position_of[np.asarray(mesh.faces)]
+    welded = trimesh.Trimesh(positions, faces_v, process=False)
+    normals = welded.vertex_normals
+    uv = np.asarray(mesh.visual.uv)
+    f = np.asarray(mesh.faces) + 1
+    fv = faces_v + 1
+    lines = [f"# {header}", f"mtllib {mtllib}"]
+    lines += [f"v {x:.8g} {y:.8g} {z:.8g}" for x, y, z in positions]
+    lines += [f"vt {u:.8g} {v:.8g}" for u, v in uv]
+    lines += [f"vn {x:.6g} {y:.6g} {z:.6g}" for x, y, z in normals]
+    lines.append(f"usemtl {material}")
+    lines += [f"f {a}/{ta}/{a} {b}/{tb}/{b} {c}/{tc}/{c}" for (a, b, c), (ta, tb, tc) in zip(fv, f)]
+    return "\n".join(lines) + "\n"
+
+
 def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
     """OBJ text (+ MTL and texture image when textured), companions first, the .obj last."""
     stem = path.stem
@@ -503,8 +536,11 @@ def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
         )
         text, companions = trimesh.exchange.obj.export_obj(
             out, include_normals=True, include_color=False, include_texture=True, return_texture=True,
-            mtl_name=f"{stem}.mtl", header="msd3d: +z up, front +x, metres",
+            mtl_name=f"{stem}.mtl", header=None,
         )
+        # trimesh's MTL and texture image, but our own OBJ body: one welded surface (see above)
+        material_name = next(line.split(None, 1)[1] for line in text.splitlines() if line.startswith("usemtl "))
+        text = _welded_textured_obj(out, "msd3d: +z up, front +x, metres", f"{stem}.mtl", material_name)
         files = {path.parent / name: data for name, data in companions.items()}
     else:
         text = trimesh.exchange.obj.export_obj(
