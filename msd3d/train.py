@@ -172,7 +172,10 @@ class Trainer:
             generator=self.generator,
             with_normals=cfg.regularisers.needs_normals(step, total),
         )
-        cond = self.prior.condition(prompts, negative_prompt=cfg.negative_prompt, cameras=cameras)
+        cond = self.prior.condition(
+            prompts, negative_prompt=cfg.negative_prompt, cameras=cameras,
+            shading=shading, light_positions=lights, ambient_ratio=cfg.shading.ambient_ratio,
+        )  # the oracle renders its images shaded like this step's render
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}
