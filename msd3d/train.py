@@ -180,6 +180,10 @@ class Trainer:
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}
         losses.update(regulariser_losses(out, cfg.regularisers, step, total))
+        eikonal = getattr(self.renderer.field, "eikonal_loss", None)  # SDF fields (field.kind=sdf)
+        if eikonal is not None and cfg.field.eikonal_weight > 0:
+            box = (2 * torch.rand(cfg.field.eikonal_points, 3, generator=self.generator) - 1).to(self.device)
+            losses["eikonal"] = cfg.field.eikonal_weight * eikonal(box * cfg.field.bound)
         loss = sum(losses.values())
 
         self.optimizer.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ DENSITY_ACTIVATIONS = ("softplus", "exp", "trunc_exp")
 BLOB_SHAPES = ("linear", "gaussian", "none")
 NORMAL_METHODS = ("finite_difference", "analytic")
 FINITE_DIFFERENCES = ("forward", "central")
+FIELD_KINDS = ("density", "sdf")
 
 
 @dataclass
@@ -70,6 +71,17 @@ class FieldConfig:
     """"forward" (3 extra density queries per point) or "central" (6, more accurate)."""
     normal_eps: float = 0.01
     """Finite-difference step in world units (about a grid cell of the finest level is a good choice)."""
+    kind: str = "density"
+    """"density": the MLP predicts a density (NeRF); "sdf": it predicts a signed distance, turned into
+    a VolSDF density (``msd3d.scene.sdf_field``; the blob settings are then unused)."""
+    sdf_beta: float = 0.02
+    """kind=sdf: Laplace scale of the VolSDF density (world units); density 1/beta inside."""
+    sdf_radius: float = 0.5
+    """kind=sdf: radius of the sphere the SDF starts from."""
+    eikonal_weight: float = 0.1
+    """kind=sdf: weight of the eikonal loss (|grad sdf| - 1)^2 at random points of the box."""
+    eikonal_points: int = 4096
+    """kind=sdf: random points per step for the eikonal loss."""
 
     def validate(self) -> None:
         if self.encoding not in ENCODINGS:
@@ -104,6 +116,12 @@ class FieldConfig:
             )
         if self.normal_eps <= 0:
             raise ValueError("field.normal_eps must be positive")
+        if self.kind not in FIELD_KINDS:
+            raise ValueError(f"field.kind must be one of {', '.join(FIELD_KINDS)}, got {self.kind!r}")
+        if self.sdf_beta <= 0 or self.sdf_radius <= 0:
+            raise ValueError("field.sdf_beta and field.sdf_radius must be positive")
+        if self.eikonal_weight < 0 or self.eikonal_points < 1:
+            raise ValueError("field.eikonal_weight must be >= 0 and field.eikonal_points >= 1")
 
 
 class _TruncExp(torch.autograd.Function):
