@@ -80,7 +80,7 @@ class FieldConfig:
     """kind=sdf: radius of the sphere the SDF starts from."""
     eikonal_weight: float = 0.1
     """kind=sdf: weight of the eikonal loss (|grad sdf| - 1)^2 at random points of the box."""
-    eikonal_points: int = 4096
+    eikonal_points: int = 1024
     """kind=sdf: random points per step for the eikonal loss."""
 
     def validate(self) -> None:
