@@ -1,7 +1,9 @@
 """Marching-cubes mesh export of a radiance field: OBJ (+MTL/PNG), GLB and PLY.
 
 Pipeline (``extract_mesh``): sample ``field.density`` on a regular grid over ``[-bound, bound]^3``
-→ marching cubes at a density threshold → drop floaters (small connected components) → optional
+→ choose the iso-level (a number, or "auto": the level whose silhouettes match where the field
+renders at least half opaque, ``surface_level``) → fill enclosed low-density pockets (no inner
+shells) → marching cubes → drop floaters (small connected components) → optional
 quadric decimation to a face budget → colour from ``field.albedo`` (per-vertex RGBA, or a baked
 texture, see ``msd3d.export.texture``).
 
@@ -19,7 +21,6 @@ Conventions of the exported files:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
