@@ -273,14 +273,8 @@ def test_export_and_render_never_load_a_diffusion_model(run_dir, tmp_path):
     assert (tmp_path / "mesh.ply").is_file() and (tmp_path / "turntable.mp4").is_file()
 
 
-def test_oracle_run_summary_and_export_report_geometry_scores(run_dir, tmp_path):
-    """Issue 8: an oracle run's summary holds scores.geometry; msd3d export prints them."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    geometry = summary["scores"]["geometry"]
-    assert geometry["family"] == "mushroom" and geometry["nearest_variant"] in geometry["variant_chamfer"]
-    assert 0 < geometry["chamfer"] < 1 and 0 <= geometry["fscore@0.05"] <= 1
-    assert geometry["components"] >= 1 and isinstance(geometry["watertight"], bool)
-    assert summary["mesh"]["threshold"] > 0
+def test_export_prints_geometry_scores_of_an_oracle_run(run_dir, tmp_path):
+    """Issue 8: msd3d export scores an oracle run's mesh against the true shapes."""
     result = invoke("export", run_dir, "--out", tmp_path, "--format", "obj", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert re.search(r"geometry vs mushroom/\w+: Chamfer \d\.\d{4}, F@0\.02", result.stdout), result.stdout

@@ -89,3 +89,21 @@ def test_components_and_watertightness_are_counted(mushroom):
     holed = trimesh.Trimesh(a.vertices, a.faces[1:], process=False)
     assert not surface_scores(holed, true_surface(mushroom, 0), 5000)["watertight"]
     assert np.isfinite(scores["chamfer"])
+
+
+def test_oracle_run_summary_holds_geometry_scores(tmp_path, tiny_run_overrides):
+    """Issue 8: generate writes scores.geometry (the default mesh against the true shapes) for oracle runs."""
+    import json
+
+    from msd3d.config import load_config
+    from msd3d.generate import generate
+
+    config = load_config(None, tiny_run_overrides + ["export.video=false"],
+                         {"prompt": "a red mushroom", "device": "cpu", "seed": 0, "train.steps": 2})
+    generate(config, tmp_path / "run", show_progress=False, log=lambda _: None)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    geometry = summary["scores"]["geometry"]
+    assert geometry["family"] == "mushroom" and geometry["nearest_variant"] in geometry["variant_chamfer"]
+    assert 0 < geometry["chamfer"] < 1 and 0 <= geometry["fscore@0.05"] <= 1
+    assert geometry["components"] >= 1 and isinstance(geometry["watertight"], bool)
+    assert summary["mesh"]["threshold"] > 0 and "geometry" not in summary["mesh"]
