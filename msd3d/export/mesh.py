@@ -240,7 +240,8 @@ def surface_level(
     azimuth = torch.cat([azimuth, azimuth + 180.0 / views, torch.tensor([0.0])])
     n = len(azimuth)
     distance = 1.75 * bound
-    cameras = orbit_cameras(elevation, azimuth, torch.full((n,), distance), torch.full((n,), 55.0), resolution, resolution)
+    full = lambda value: torch.full((n,), float(value))  # noqa: E731
+    cameras = orbit_cameras(elevation, azimuth, full(distance), full(55.0), resolution, resolution)
     levels = max_density * np.logspace(-3.0, 0.0, candidates, endpoint=False)
     opacity, peak = ray_opacity_and_peak(grid, bound, cameras, floor=float(levels[0]))
     shown = opacity > 0.5

@@ -43,7 +43,8 @@ DEFAULT_SAMPLES = 60000
 """Points sampled on each surface (scores repeat to ~1 % between sampling seeds)."""
 
 TRUE_SURFACE_RESOLUTION = 128
-"""Grid points per axis when meshing a variant's SDF (cell ~0.013 world units over [-0.8, 0.8]; marching cubes on a smooth SDF is accurate to a small fraction of that)."""
+"""Grid points per axis when meshing a variant's SDF (cell ~0.013 world units over [-0.8, 0.8];
+marching cubes on a smooth SDF is accurate to a small fraction of that)."""
 
 F_SCORE_TAUS = (0.02, 0.05)
 
@@ -72,12 +73,16 @@ def _true_surface_cached(family_name: str, variant: int, resolution: int) -> tri
     grid = _sdf_grid(shape, half, resolution)
     # inside is negative: march -sdf with an "outside" pad so the surface closes, normals outward
     padded = np.pad(-grid, 1, mode="constant", constant_values=-1.0)
-    vertices, faces, _, _ = measure.marching_cubes(padded, level=0.0, spacing=(spacing,) * 3, gradient_direction="ascent")
+    vertices, faces, _, _ = measure.marching_cubes(
+        padded, level=0.0, spacing=(spacing,) * 3, gradient_direction="ascent"
+    )
     vertices = vertices - (half + spacing)
     return trimesh.Trimesh(vertices.astype(np.float64), faces.astype(np.int64), process=False)
 
 
-def true_surface(family: Family | str, variant: int | str, resolution: int = TRUE_SURFACE_RESOLUTION) -> trimesh.Trimesh:
+def true_surface(
+    family: Family | str, variant: int | str, resolution: int = TRUE_SURFACE_RESOLUTION
+) -> trimesh.Trimesh:
     """The zero level set of a catalogue variant's SDF as a closed, outward-facing triangle mesh.
 
     Cached per (family, variant, resolution); do not modify the returned mesh.
