@@ -131,6 +131,7 @@ FIELDS = Registry(
     "field",
     {
         "nerf": ("msd3d.scene.nerf:NeRFConfig", "msd3d.scene.nerf:NeRFField"),
+        "sdf": ("msd3d.scene.sdf_field:SDFConfig", "msd3d.scene.sdf_field:SDFNeRFField"),
     },
 )
 

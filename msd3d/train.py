@@ -259,13 +259,19 @@ class Trainer:
             generator=self.generator,
             with_normals=cfg.regularisers.needs_normals(step, total),
         )
-        cond = self.prior.condition(prompts, negative_prompt=cfg.negative_prompt, cameras=cameras)
+        cond = self.prior.condition(
+            prompts, negative_prompt=cfg.negative_prompt, cameras=cameras,
+            shading=shading, light_positions=lights, ambient_ratio=cfg.shading.ambient_ratio,
+        )  # the oracle renders its images shaded like this step's render
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}
         if guided.aux_loss is not None:  # a method training its own parameters (Guidance.parameters())
             losses["guidance_aux"] = guided.aux_loss
         losses.update(regulariser_losses(out, cfg.regularisers, step, total))
+        field_losses = getattr(self.renderer.field, "regulariser_losses", None)  # e.g. an SDF's eikonal term
+        if field_losses is not None:
+            losses.update(field_losses(self.generator))
         loss = sum(losses.values())
 
         self.optimizer.zero_grad(set_to_none=True)

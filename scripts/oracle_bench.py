@@ -9,7 +9,10 @@ average (what a mean-seeking method converges to). ``mode - blend`` > 0 means th
 variant rather than on their blend.
 
 The table (also ``table.md``) has one row per run: family, method, steps, wall time (training +
-scoring + exports), training it/s, mode PSNR, blend PSNR, mode - blend, nearest variant; and summary
+scoring + exports), training it/s, mode PSNR, blend PSNR, mode - blend, nearest variant, and the
+geometry of the exported mesh (default export) against the nearest variant's true surface
+(``msd3d.scoring.geometry``): Chamfer distance (world units), F-score at 0.02 and 0.05, normal
+consistency, height as a percentage of the true height, connected components, watertight; and summary
 rows: mean per method and the number of families where MSD's mode PSNR beats SDS's (and SDI's).
 ``results.json`` holds the rows, the summary and the command. Every run keeps its directory under
 ``--out`` (``<family>-<method>/``: ``summary.json``, ``validation/*.png``, ``turntable.mp4``, mesh,
@@ -68,6 +71,15 @@ class BenchRow:
     run_dir: str
     validation_png: str | None = None
     video: str | None = None
+    chamfer: float = float("nan")
+    """Two-sided Chamfer distance of the exported mesh to the nearest variant's true surface (world units)."""
+    fscore_02: float = float("nan")
+    fscore_05: float = float("nan")
+    normal_consistency: float = float("nan")
+    height_ratio: float = float("nan")
+    """Mesh height over the true variant's."""
+    components: int = 0
+    watertight: bool = False
 
     @property
     def mode_minus_blend(self) -> float:
@@ -110,6 +122,8 @@ def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: 
     if wall_s is None:  # a run finished by an earlier bench invocation
         wall_s = float(summary.get("bench_wall_seconds") or train_s + float(summary.get("finish_seconds") or 0.0))
     steps = int(summary["steps"])
+    geometry = scores.get("geometry") or {}
+    nan = float("nan")
     return BenchRow(
         family=family,
         method=method,
@@ -123,6 +137,13 @@ def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: 
         run_dir=str(summary.get("run_dir", "")),
         validation_png=summary.get("validation_png"),
         video=(summary.get("video") or {}).get("file"),
+        chamfer=float(geometry.get("chamfer", nan)),
+        fscore_02=float(geometry.get("fscore@0.02", nan)),
+        fscore_05=float(geometry.get("fscore@0.05", nan)),
+        normal_consistency=float(geometry.get("normal_consistency", nan)),
+        height_ratio=float(geometry.get("height_ratio", nan)),
+        components=int(geometry.get("components", 0)),
+        watertight=bool(geometry.get("watertight", False)),
     )
 
 
@@ -183,6 +204,12 @@ def summarise(rows: Sequence[BenchRow]) -> dict[str, Any]:
             "mean_it_per_s": statistics.fmean(r.it_per_s for r in rs),
             "max_wall_s": max(r.wall_s for r in rs),
             "mode_psnr_at_least_20": sum(r.mode_psnr >= 20.0 for r in rs),
+            "mean_chamfer": _nanmean(r.chamfer for r in rs),
+            "max_chamfer": _nanmax(r.chamfer for r in rs),
+            "mean_fscore_02": _nanmean(r.fscore_02 for r in rs),
+            "mean_normal_consistency": _nanmean(r.normal_consistency for r in rs),
+            "height_within_5_percent": sum(abs(r.height_ratio - 1.0) <= 0.05 for r in rs),
+            "one_component": sum(r.components == 1 for r in rs),
         }
     wins: dict[str, dict[str, Any]] = {}
     if "msd" in methods:
@@ -197,26 +224,44 @@ def summarise(rows: Sequence[BenchRow]) -> dict[str, Any]:
     return {"per_method": per_method, "msd_beats": wins}
 
 
+def _nanmean(values) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(kept) if kept else float("nan")
+
+
+def _nanmax(values) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return max(kept) if kept else float("nan")
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-HEADERS = ("family", "method", "steps", "wall s", "it/s", "mode PSNR", "blend PSNR", "mode-blend", "nearest variant")
+HEADERS = (
+    "family", "method", "steps", "wall s", "it/s", "mode PSNR", "blend PSNR", "mode-blend", "nearest variant",
+    "Chamfer", "F@0.02", "F@0.05", "normal cons.", "height %", "parts", "closed",
+)
 
 
 def table_rows(rows: Sequence[BenchRow], summary: dict[str, Any]) -> list[list[str]]:
     """Rows of strings for both the rich table and the Markdown one (runs, then summary rows)."""
     out = [
         [r.family, r.method, str(r.steps), _fmt(r.wall_s, 0), _fmt(r.it_per_s), _fmt(r.mode_psnr),
-         _fmt(r.blend_psnr), _fmt(r.mode_minus_blend), r.nearest_variant]
+         _fmt(r.blend_psnr), _fmt(r.mode_minus_blend), r.nearest_variant, _fmt(r.chamfer, 4),
+         _fmt(r.fscore_02, 3), _fmt(r.fscore_05, 3), _fmt(r.normal_consistency, 3), _fmt(100 * r.height_ratio, 1),
+         str(r.components), "yes" if r.watertight else "no"]
         for r in rows
     ]
     for m, s in summary["per_method"].items():
         out.append([f"mean ({s['runs']} runs)", m, "", _fmt(s["mean_wall_s"], 0), _fmt(s["mean_it_per_s"]),
-                    _fmt(s["mean_mode_psnr"]), _fmt(s["mean_blend_psnr"]), _fmt(s["mean_mode_minus_blend"]), ""])
+                    _fmt(s["mean_mode_psnr"]), _fmt(s["mean_blend_psnr"]), _fmt(s["mean_mode_minus_blend"]), "",
+                    f"{_fmt(s['mean_chamfer'], 4)} (max {_fmt(s['max_chamfer'], 4)})", _fmt(s["mean_fscore_02"], 3), "",
+                    _fmt(s["mean_normal_consistency"], 3), f"{s['height_within_5_percent']} within 5 %",
+                    f"{s['one_component']} one", ""])
     for other, w in summary["msd_beats"].items():
-        out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "",
-                    f"{w['msd_wins']}/{w['families']}", "", "", ""])
+        out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "", f"{w['msd_wins']}/{w['families']}"]
+                   + [""] * (len(HEADERS) - 6))
     return out
 
 
@@ -229,7 +274,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
     table = Table(title="msd3d oracle benchmark (CPU)")
     for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i in (0, 1, 8) else "right")
+        table.add_column(h, justify="left" if i in (0, 1, 8, 16) else "right")
     for i, r in enumerate(rows):
         table.add_row(*r, end_section=(i == n_runs - 1))
     console.print(table)

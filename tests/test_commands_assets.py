@@ -286,3 +286,10 @@ def test_export_out_that_is_a_file_is_one_line(run_dir, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --out") and "is a file" in lines[0]
     assert target.read_text() == "keep me"
+
+
+def test_export_prints_geometry_scores_of_an_oracle_run(run_dir, tmp_path):
+    """Issue 8: msd3d export scores an oracle run's mesh against the true shapes."""
+    result = invoke("export", run_dir, "--out", tmp_path, "--format", "obj", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"geometry vs mushroom/\w+: Chamfer \d\.\d{4}, F@0\.02", result.stdout), result.stdout

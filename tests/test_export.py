@@ -21,7 +21,6 @@ from omegaconf import OmegaConf
 from msd3d.atomic_io import atomic_path, atomic_paths, atomic_write_files, atomic_write_text
 from msd3d.errors import Msd3dError
 from msd3d.export.mesh import (
-    AUTO_THRESHOLD_LAYERS,
     Y_UP_FROM_Z_UP,
     MeshExportConfig,
     export_mesh,
@@ -118,23 +117,75 @@ def test_sphere_mesh_matches_closed_form_area_and_volume():
     assert mesh.metadata["msd3d"]["threshold"] == field.peak / 2
 
 
-def test_auto_threshold_rule_and_its_iso_radius():
+class CapAndStemField:
+    """A mushroom-like field: a dense ball (peak 50) on a thin rod of lower density (peak 12).
+
+    Across its 0.12 width the rod's optical depth is ~1.4, so it renders clearly opaque (~0.75),
+    but its density stays below the old "auto" level of 22.2, which cut it away (issue 8).
+    """
+
     bound = 1.0
-    opacity_level = math.log(2.0) / (2 * bound / AUTO_THRESHOLD_LAYERS)
-    assert resolve_threshold("auto", 100.0, bound) == pytest.approx(opacity_level)  # ≈ 22.2
-    assert resolve_threshold("auto", 10.0, bound) == pytest.approx(5.0)  # capped at half the max
-    assert resolve_threshold(7.5, 10.0, bound) == 7.5
 
-    # peak 100: level ≈ 22.2 lies outside the zero set, at sdf = beta * ln(peak / level - 1)
-    field = sphere_field(beta=0.02, peak=100.0)
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        x, y, z = points.unbind(-1)
+        ball = (points - torch.tensor([0.0, 0.0, 0.25])).norm(dim=-1) - 0.3
+        rod = torch.maximum(torch.sqrt(x * x + y * y) - 0.06, (z + 0.2).abs() - 0.3)
+        return 50.0 * torch.sigmoid(-ball / 0.01) + 12.0 * torch.sigmoid(-rod / 0.01)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        return _albedo(points)
+
+
+def test_auto_level_keeps_thin_parts_that_render_opaque():
+    """Bug (issue 8): the auto level cut away thin, lower-density parts the renders show."""
+    mesh = extract_mesh(CapAndStemField(), MeshExportConfig(resolution=64))
+    level = mesh.metadata["msd3d"]["threshold"]
+    assert level < 12.0  # below the rod's density
+    z_lo, z_hi = mesh.bounds[:, 2]
+    assert z_lo == pytest.approx(-0.5, abs=0.03)  # the rod is there (the old level gave -0.1: the ball only)
+    assert z_hi == pytest.approx(0.55, abs=0.05)
+    assert len(mesh.split(only_watertight=False)) == 1 and mesh.is_watertight
+
+
+@pytest.mark.parametrize("peak", [10.0, 3000.0])
+def test_auto_level_meshes_the_silhouette_the_renders_show(peak):
+    """Whatever the density scale (the oracle's ~10-50, sharp SD fields' thousands), the mesh's
+    silhouette is where a grazing ray's opacity reaches one half."""
+    beta = 0.01
+    field = sphere_field(beta=beta, peak=peak)
+
+    def grazing_opacity(offset: float) -> float:  # a ray passing the centre at distance ``offset``
+        s = torch.linspace(-1.0, 1.0, 20001)
+        points = torch.stack([s, torch.full_like(s, offset), torch.zeros_like(s)], dim=-1)
+        return 1.0 - math.exp(-float(field.density(points).sum()) * float(s[1] - s[0]))
+
+    lo, hi = 0.0, 1.0  # bisect the silhouette radius: opacity 1/2
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if grazing_opacity(mid) > 0.5 else (lo, mid)
     mesh = extract_mesh(field, MeshExportConfig(resolution=64))
-    r_iso = R + field.beta * math.log(field.peak / opacity_level - 1.0)
-    assert mesh.volume == pytest.approx(4 / 3 * math.pi * r_iso**3, rel=0.015)
-    # a faint field (peak 10 < 2 * 22.2) is cut at half its maximum, i.e. exactly on the sphere
-    faint = extract_mesh(sphere_field(peak=10.0), MeshExportConfig(resolution=64))
-    assert faint.metadata["msd3d"]["threshold"] == pytest.approx(5.0, rel=1e-4)
-    assert faint.volume == pytest.approx(4 / 3 * math.pi * R**3, rel=0.015)
+    radius = np.linalg.norm(mesh.vertices, axis=1).mean()
+    assert radius == pytest.approx(lo, abs=0.5 * 2.0 / 63)  # within half a grid cell
+    assert resolve_threshold(7.5, None, 1.0) == 7.5
 
+
+def test_cavities_are_filled_no_inner_shell():
+    """A hollow ball (dense shell around an empty core) exports as one closed outer surface."""
+
+    class HollowBall:
+        bound = 1.0
+
+        def density(self, points):
+            r = points.norm(dim=-1)
+            return 50.0 * torch.sigmoid((0.5 - r) / 0.01) * torch.sigmoid((r - 0.3) / 0.01)
+
+        def albedo(self, points):
+            return _albedo(points)
+
+    mesh = extract_mesh(HollowBall(), MeshExportConfig(resolution=48))
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert np.linalg.norm(mesh.vertices, axis=1).min() > 0.45
+    assert mesh.volume > 0.95 * 4 / 3 * math.pi * 0.5**3  # the solid outer ball, no inward shell subtracted
 
 def test_floaters_are_removed_by_size_and_by_count():
     blobs = SpheresField([((-0.45, 0.0, 0.0), 0.3), ((0.45, 0.0, 0.0), 0.25), ((0.0, 0.7, 0.6), 0.05)])
@@ -249,6 +300,9 @@ def test_glb_is_y_up_and_keeps_the_front_on_plus_x(tmp_path):
     np.testing.assert_allclose(gcentre, [centre[0], centre[2], -centre[1]], atol=1e-5)
     assert gcentre[1] > 0.25 and gcentre[0] > 0.05  # up stays up, front (+x) stays +x
     assert loaded.volume > 0  # a proper rotation keeps the faces outward
+    # the metadata says what the file holds (it said +z up before issue 8)
+    assert loaded.metadata["msd3d"]["up_axis"] == "+y" and loaded.metadata["msd3d"]["front_axis"] == "+x"
+    assert mesh.metadata["msd3d"]["up_axis"] == "+z"  # the in-memory mesh (and OBJ / PLY) stay +z up
 
 
 def test_textured_export_bakes_the_albedo(tmp_path):
@@ -276,8 +330,18 @@ def test_textured_export_bakes_the_albedo(tmp_path):
     assert "map_Kd tex.png" in (tmp_path / "tex.mtl").read_text()
     obj = trimesh.load(tmp_path / "tex.obj", process=False, force="mesh")
     assert len(obj.faces) == len(mesh.faces) and len(obj.vertices) == len(mesh.vertices)
-    np.testing.assert_allclose(obj.visual.uv, uv, atol=1e-6)
+    # each loaded corner keeps its position and UV (trimesh splits v/vt pairs again when loading)
+    np.testing.assert_allclose(obj.vertices[obj.faces], mesh.vertices[mesh.faces], atol=1e-6)
+    np.testing.assert_allclose(obj.visual.uv[obj.faces], uv[mesh.faces], atol=1e-6)
     assert np.asarray(obj.visual.material.image).shape[:2] == (256, 256)
+    # the file itself is one welded surface (issue 8): positions once, UVs indexed separately
+    lines = (tmp_path / "tex.obj").read_text().splitlines()
+    positions = np.array([[float(v) for v in line.split()[1:4]] for line in lines if line.startswith("v ")])
+    corners = [[int(c.split("/")[0]) - 1 for c in line.split()[1:]] for line in lines if line.startswith("f ")]
+    assert len(positions) == len(np.unique(mesh.vertices, axis=0)) < len(mesh.vertices)
+    assert sum(line.startswith("vt ") for line in lines) == len(mesh.vertices)
+    welded = trimesh.Trimesh(positions, np.array(corners), process=False)
+    assert welded.is_watertight and len(welded.split(only_watertight=False)) == 1
 
     export_mesh(mesh, tmp_path / "tex.glb")
     glb = trimesh.load(tmp_path / "tex.glb", process=False, force="mesh")

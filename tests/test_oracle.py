@@ -306,3 +306,35 @@ def test_msd_posterior_kernel_moves_a_blend_toward_the_nearest_variant():
     # the exact mean shift (Tweedie at sigma = lambda) points the same way
     exact = prior.denoise(x, lam, cond) - x
     assert (torch.nn.functional.cosine_similarity(exact.flatten(1), toward, dim=1) > 0.99).all()
+
+
+# -- shading (issue 8): the oracle shades its variants as the trainer shades a step -------------------------
+def test_oracle_shades_its_variants_like_the_trainer_renders_them():
+    """Lambertian / textureless variant renders match the volume renderer's shading of the same shape."""
+    from msd3d.render.volume import RenderConfig, VolumeRenderer
+    from msd3d.scene.background import Background, BackgroundConfig
+
+    family = CATALOGUE["donut"]
+    shape = family.shape(0)
+    cams = turntable_cameras(2, 24, elevation=30.0)
+    lights = torch.tensor([[0.0, 1.5, 1.0], [-1.0, 0.0, -1.0]])  # from the side / below: far from unlit
+    renderer = VolumeRenderer(
+        shape.field(beta=0.003),
+        Background(BackgroundConfig(type="solid", color=(1.0, 1.0, 1.0))),
+        RenderConfig(samples_per_ray=384, use_occupancy_grid="false", stratified=False),
+    )
+    prior = OraclePrior(OracleConfig(supersample=2, max_steps=64))
+    for shading in ("lambertian", "textureless"):
+        oracle = prior.render_family(family, cams, shading, lights)[:, 0]  # (B, 3, H, W)
+        with torch.no_grad():
+            nerf = renderer.render_image(cams, shading=shading, light_positions=lights).image()
+        mse = float((oracle - nerf).pow(2).mean())
+        assert -10 * math.log10(mse) > 24.0, shading
+        unlit = prior.render_family(family, cams)[:, 0]
+        assert float((oracle - unlit).pow(2).mean()) > 3 * mse  # the lighting is really there
+    # "match" follows the step's shading; "albedo" keeps the old unlit payload
+    lit = prior.condition(["a donut"] * 2, cameras=cams, shading="textureless", light_positions=lights).cond["images"]
+    flat = OraclePrior(OracleConfig(shading="albedo", supersample=2, max_steps=64)).condition(
+        ["a donut"] * 2, cameras=cams, shading="textureless", light_positions=lights
+    ).cond["images"]
+    assert torch.allclose(flat, prior.render_family(family, cams)) and not torch.allclose(lit, flat)

@@ -58,9 +58,11 @@ def test_recipe_loads_and_matches_the_oracle(method):
     # the NeRF's background is the colour the oracle renders its variants over
     assert config.background.type == "solid"
     assert tuple(config.background.color) == tuple(config.prior.oracle.background)
-    # albedo only for the whole run: the oracle's images are unlit
+    # DreamFusion's schedule (issue 8): albedo-only warm-up, then lit steps, which the oracle shades alike
     steps = config.train.steps
-    assert {choose_shading(s, config.shading) for s in (0, steps // 2, steps - 1)} == {"albedo"}
+    assert choose_shading(0, config.shading) == "albedo"
+    assert 0 < config.shading.albedo_only_steps < steps // 2 and config.shading.lit_prob > 0
+    assert config.prior.oracle.shading == "match"
     assert not config.regularisers.needs_normals(0, steps)
     assert not config.regularisers.needs_normals(steps - 1, steps)
     # no CFG: the oracle's default has no unconditional branch, and the recipe does not pretend to use one

@@ -1,7 +1,9 @@
 """Marching-cubes mesh export of a radiance field: OBJ (+MTL/PNG), GLB and PLY.
 
 Pipeline (``extract_mesh``): sample ``field.density`` on a regular grid over ``[-bound, bound]^3``
-→ marching cubes at a density threshold → drop floaters (small connected components) → optional
+→ choose the iso-level (a number, or "auto": the level whose silhouettes match where the field
+renders at least half opaque, ``surface_level``) → fill enclosed low-density pockets (no inner
+shells) → marching cubes → drop floaters (small connected components) → optional
 quadric decimation to a face budget → colour from ``field.albedo`` (per-vertex RGBA, or a baked
 texture, see ``msd3d.export.texture``).
 
@@ -19,7 +21,6 @@ Conventions of the exported files:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,10 @@ import torch
 
 from msd3d.atomic_io import atomic_path, atomic_paths
 from msd3d.errors import Msd3dError
+from msd3d.export.field_query import field_device, query_field
+from msd3d.export.texture import bake_albedo_texture
 from msd3d.lazy import lazy_module
+from msd3d.render.cameras import Cameras
 from msd3d.scene.base import RadianceField
 
 trimesh = lazy_module("trimesh")  # imported on first use: `render` and `--help` never need it
@@ -38,9 +42,13 @@ trimesh = lazy_module("trimesh")  # imported on first use: `render` and `--help`
 __all__ = [
     "MESH_FORMATS",
     "MeshExportConfig",
-    "AUTO_THRESHOLD_LAYERS",
+    "SURFACE_VIEWS",
+    "SURFACE_VIEW_RESOLUTION",
     "density_grid",
+    "ray_opacity_and_peak",
+    "surface_level",
     "resolve_threshold",
+    "fill_cavities",
     "marching_cubes",
     "keep_largest_components",
     "decimate",
@@ -56,8 +64,12 @@ __all__ = [
 
 MESH_FORMATS = ("obj", "glb", "ply")
 
-AUTO_THRESHOLD_LAYERS = 64
-"""``threshold="auto"``: a layer 1/64 of the scene width thick must be at least half opaque."""
+SURFACE_VIEWS = 6
+"""``threshold="auto"``: azimuths per elevation ring of the views whose silhouettes set the level."""
+SURFACE_VIEW_RESOLUTION = 64
+"""Pixels per side of those views."""
+SURFACE_IOU_TOLERANCE = 0.002
+"""Levels whose silhouette IoU is within this of the best count as equally good."""
 
 Y_UP_FROM_Z_UP = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
@@ -73,9 +85,9 @@ class MeshExportConfig:
     """Grid points per axis over ``[-bound, bound]`` (marching-cubes cell = 2*bound/(resolution-1)); 8 to 1024
     (1024^3 densities take 4 GB)."""
     threshold: Any = "auto"
-    """Density iso-level: a positive number, or "auto" = ``min(ln 2 / (2*bound/64), 0.5 * max density)``:
-    the density at which a layer 1/64 of the scene width is half opaque (≈ 22 for bound 1, close to
-    threestudio's 25), capped at half the grid's maximum so a faint field still yields a surface."""
+    """Density iso-level: a positive number, or "auto" = the level whose silhouettes over a ring of
+    views best match where the field renders at least half opaque (``surface_level``), so the mesh
+    is the surface the renders show whatever the field's density scale."""
     keep_components: int = 0
     """Keep at most this many connected components, largest first (by face count); 0 = no limit."""
     min_component_fraction: float = 0.02
@@ -132,32 +144,7 @@ class MeshExportConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# field queries
-
-
-def field_device(field: RadianceField) -> torch.device:
-    """The device a field's parameters live on (CPU for parameter-free analytic fields)."""
-    if isinstance(field, torch.nn.Module):
-        for tensor in field.parameters():
-            return tensor.device
-        for tensor in field.buffers():
-            return tensor.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def query_field(
-    fn, points: np.ndarray, chunk_size: int = 262144, device: torch.device | str | None = None
-) -> np.ndarray:
-    """Evaluate ``fn`` (``field.density`` or ``field.albedo``) at points (P, 3) in chunks → float32 numpy."""
-    device = torch.device("cpu") if device is None else torch.device(device)
-    outputs = []
-    for start in range(0, len(points), chunk_size):
-        chunk = torch.as_tensor(points[start : start + chunk_size], dtype=torch.float32, device=device)
-        outputs.append(fn(chunk).float().cpu().numpy())
-    if not outputs:
-        return np.zeros((0,), np.float32)
-    return np.concatenate(outputs, axis=0)
+# the density grid and the surface level
 
 
 @torch.no_grad()
@@ -186,12 +173,121 @@ def density_grid(
     return grid
 
 
-def resolve_threshold(threshold: Any, max_density: float, bound: float) -> float:
-    """The numeric iso-level: the number given, or the "auto" rule (see ``MeshExportConfig.threshold``)."""
+def ray_opacity_and_peak(
+    grid: np.ndarray, bound: float, cameras: Cameras, samples_per_ray: int = 160, floor: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera ray: its opacity through the density grid and the largest density it meets.
+
+    grid: (R, R, R) from ``density_grid``; cameras: N views. Rays are marched through the box
+    around the grid points denser than ``floor`` (the whole grid when none is), with the density
+    interpolated trilinearly at ``samples_per_ray`` points evenly spread over each ray's chord;
+    opacity is the volume-rendering ``1 - exp(-sum(sigma * delta))``.
+    Returns ``opacity`` and ``peak``, each (N * H * W,).
+    """
+    from msd3d.priors.shapes import ray_box
+
+    resolution = grid.shape[0]
+    spacing = 2.0 * bound / (resolution - 1)
+    dense = np.argwhere(grid > floor)
+    if len(dense):  # the box around the non-empty cells, one cell wider
+        lo = -bound + (dense.min(0) - 1) * spacing
+        hi = -bound + (dense.max(0) + 1) * spacing
+    else:
+        lo, hi = np.full(3, -bound), np.full(3, bound)
+    centre = torch.as_tensor(0.5 * (lo + hi), dtype=torch.float32)
+    half = torch.as_tensor(0.5 * (hi - lo), dtype=torch.float32)
+    volume = torch.as_tensor(grid, dtype=torch.float32).permute(2, 1, 0)[None, None]  # (1, 1, z, y, x)
+    origins, dirs = cameras.rays()
+    origins, dirs = origins.reshape(-1, 3).float().cpu(), dirs.reshape(-1, 3).float().cpu()
+    # ray_box works on a cube at the origin: scale the box's frame so it becomes [-1, 1]^3
+    t_near, t_far, crosses = ray_box((origins - centre) / half, dirs / half, 1.0)
+    opacity = np.zeros(len(origins), np.float32)
+    peak = np.zeros(len(origins), np.float32)
+    hit = crosses.nonzero().squeeze(-1)
+    u = (torch.arange(samples_per_ray, dtype=torch.float32) + 0.5) / samples_per_ray  # (S,)
+    chunk = max(1, 2**21 // samples_per_ray)
+    for start in range(0, len(hit), chunk):
+        rays = hit[start : start + chunk]
+        near, far = t_near[rays], t_far[rays]
+        t = near[:, None] + (far - near)[:, None] * u  # (M, S)
+        points = origins[rays, None] + dirs[rays, None] * t[..., None]  # (M, S, 3)
+        sigma = torch.nn.functional.grid_sample(
+            volume, (points / bound)[None, None], mode="bilinear", padding_mode="zeros", align_corners=True
+        )[0, 0, 0]  # (M, S)
+        delta = (far - near) / samples_per_ray
+        opacity[rays.numpy()] = (1.0 - torch.exp(-sigma.sum(-1) * delta)).numpy()
+        peak[rays.numpy()] = sigma.amax(-1).numpy()
+    return opacity, peak
+
+
+def surface_level(
+    grid: np.ndarray,
+    bound: float,
+    views: int = SURFACE_VIEWS,
+    resolution: int = SURFACE_VIEW_RESOLUTION,
+    candidates: int = 96,
+) -> float:
+    """The density level whose surface has the silhouettes the renders show ("auto" threshold).
+
+    A ray through the mesh's surface at level L exists exactly when the largest density along the
+    ray exceeds L, so the level-L silhouette of a view is ``peak > L``, while the render shows the
+    object where its accumulated opacity exceeds one half. Over a ring of views (``views`` azimuths
+    at elevations 15° and 50°, plus one from below, at ``resolution``² pixels, cameras as in
+    training) this picks, among ``candidates`` levels spaced evenly in log-density between
+    1e-3 x and 1 x the grid's maximum, the one whose silhouettes agree best (intersection over
+    union) with ``opacity > 0.5``. It depends only on where the field is opaque, not on its
+    density scale: a thin part that renders opaque at a low density (a stem, a handle) keeps that
+    density in the level, and a soft halo that does not render solid stays outside.
+    """
+    from msd3d.render.cameras import orbit_cameras
+
+    max_density = float(grid.max())
+    if not max_density > 0:
+        return 0.0
+    azimuth = torch.arange(views, dtype=torch.float32) * (360.0 / views)
+    elevation = torch.cat([torch.full((views,), 15.0), torch.full((views,), 50.0), torch.tensor([-60.0])])
+    azimuth = torch.cat([azimuth, azimuth + 180.0 / views, torch.tensor([0.0])])
+    n = len(azimuth)
+    distance = 1.75 * bound
+    full = lambda value: torch.full((n,), float(value))  # noqa: E731
+    cameras = orbit_cameras(elevation, azimuth, full(distance), full(55.0), resolution, resolution)
+    levels = max_density * np.logspace(-3.0, 0.0, candidates, endpoint=False)
+    opacity, peak = ray_opacity_and_peak(grid, bound, cameras, floor=float(levels[0]))
+    shown = opacity > 0.5
+    if not shown.any():  # nothing renders solid: fall back to half the maximum
+        return 0.5 * max_density
+    inside = peak[None, :] > levels[:, None]  # (L, rays)
+    union = (inside | shown[None]).sum(-1)
+    iou = (inside & shown[None]).sum(-1) / np.maximum(union, 1)
+    # silhouettes are pixel-quantised, so a sharp field has a plateau of equally good levels: take
+    # its middle (in log-density), which for a sharp step lies halfway up the step
+    best = np.flatnonzero(iou >= iou.max() - SURFACE_IOU_TOLERANCE)
+    return float(np.sqrt(levels[best[0]] * levels[best[-1]]))
+
+
+def resolve_threshold(threshold: Any, grid: np.ndarray, bound: float) -> float:
+    """The numeric iso-level: the number given, or ``surface_level`` for "auto"."""
     if threshold == "auto":
-        layer = 2.0 * bound / AUTO_THRESHOLD_LAYERS
-        return float(min(math.log(2.0) / layer, 0.5 * max_density))
+        return surface_level(grid, bound)
     return float(threshold)
+
+
+def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
+    """Raise closed pockets of low density inside the object above ``level`` (no inner shells).
+
+    A hollow the camera can never see (empty space completely enclosed by density above the
+    level) would become an inward-facing shell of the mesh; it is filled instead.
+    """
+    from scipy import ndimage
+
+    solid = grid > level
+    filled = ndimage.binary_fill_holes(solid)
+    cavities = filled & ~solid
+    if not cavities.any():
+        return grid
+    out = grid.copy()
+    out[cavities] = 2.0 * level
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +411,7 @@ def extract_mesh(
 
     grid = density_grid(field, config.resolution, config.chunk_size, device)
     max_density = float(grid.max())
-    level = resolve_threshold(config.threshold, max_density, bound)
+    level = resolve_threshold(config.threshold, grid, bound)
     if not max_density > level or level <= 0.0:
         raise Msd3dError(
             f"no surface found at threshold {level:.4g} (max density {max_density:.4g}); "
@@ -327,6 +423,7 @@ def extract_mesh(
             "raise --threshold (mesh.threshold)"
         )
 
+    grid = fill_cavities(grid, level)
     vertices, faces = marching_cubes(grid, level, bound)
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     mesh = keep_largest_components(mesh, config.keep_components, config.min_component_fraction)
@@ -336,8 +433,6 @@ def extract_mesh(
     mesh = decimate(mesh, face_budget)
 
     if config.texture:
-        from msd3d.export.texture import bake_albedo_texture
-
         mesh = bake_albedo_texture(mesh, field, config.texture_size, config.chunk_size, device)
     else:
         mesh.visual = trimesh.visual.ColorVisuals(
@@ -383,6 +478,14 @@ def _glb_bytes(mesh: trimesh.Trimesh) -> bytes:
     """
     y_up = mesh.copy()
     y_up.apply_transform(Y_UP_FROM_Z_UP)
+    # the metadata travels into the GLB (mesh extras): it must describe the converted axes
+    y_up.metadata = dict(mesh.metadata)
+    y_up.metadata["msd3d"] = {
+        **dict(mesh.metadata.get("msd3d", {})),
+        "up_axis": "+y",
+        "front_axis": "+x",
+        "axes_from_msd3d_world": "(x, y, z) -> (x, z, -y)",
+    }
     if isinstance(y_up.visual, trimesh.visual.TextureVisuals):
         material = y_up.visual.material
         if isinstance(material, trimesh.visual.material.SimpleMaterial):
@@ -405,6 +508,31 @@ def _ply_bytes(mesh: trimesh.Trimesh) -> bytes:
     return trimesh.exchange.ply.export_ply(out, encoding="binary", vertex_normal=True, include_attributes=False)
 
 
+def _welded_textured_obj(mesh: trimesh.Trimesh, header: str, mtllib: str, material: str) -> str:
+    """OBJ text of a UV-textured mesh as one welded surface: ``v`` and ``vn`` once per distinct
+    position, ``vt`` once per UV-atlas vertex, faces ``f v/vt/vn`` index them separately.
+
+    The texture baker splits vertices along UV seams (every split copy has the same position); OBJ
+    can index positions and UVs separately, so the seams need not cut the surface apart.
+    """
+    vertices = np.asarray(mesh.vertices)
+    positions, position_of = np.unique(vertices, axis=0, return_inverse=True)
+    position_of = position_of.reshape(-1)
+    faces_v = position_of[np.asarray(mesh.faces)]
+    welded = trimesh.Trimesh(positions, faces_v, process=False)
+    normals = welded.vertex_normals
+    uv = np.asarray(mesh.visual.uv)
+    f = np.asarray(mesh.faces) + 1
+    fv = faces_v + 1
+    lines = [f"# {header}", f"mtllib {mtllib}"]
+    lines += [f"v {x:.8g} {y:.8g} {z:.8g}" for x, y, z in positions]
+    lines += [f"vt {u:.8g} {v:.8g}" for u, v in uv]
+    lines += [f"vn {x:.6g} {y:.6g} {z:.6g}" for x, y, z in normals]
+    lines.append(f"usemtl {material}")
+    lines += [f"f {a}/{ta}/{a} {b}/{tb}/{b} {c}/{tc}/{c}" for (a, b, c), (ta, tb, tc) in zip(fv, f)]
+    return "\n".join(lines) + "\n"
+
+
 def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
     """OBJ text (+ MTL and texture image when textured), companions first, the .obj last."""
     stem = path.stem
@@ -419,8 +547,11 @@ def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
         )
         text, companions = trimesh.exchange.obj.export_obj(
             out, include_normals=True, include_color=False, include_texture=True, return_texture=True,
-            mtl_name=f"{stem}.mtl", header="msd3d: +z up, front +x, metres",
+            mtl_name=f"{stem}.mtl", header=None,
         )
+        # trimesh's MTL and texture image, but our own OBJ body: one welded surface (see above)
+        material_name = next(line.split(None, 1)[1] for line in text.splitlines() if line.startswith("usemtl "))
+        text = _welded_textured_obj(out, "msd3d: +z up, front +x, metres", f"{stem}.mtl", material_name)
         files = {path.parent / name: data for name, data in companions.items()}
     else:
         text = trimesh.exchange.obj.export_obj(

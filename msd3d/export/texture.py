@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import trimesh
 from PIL import Image
 
 from msd3d.errors import Msd3dError
+from msd3d.export.field_query import field_device, query_field
+from msd3d.lazy import lazy_module
 from msd3d.scene.base import RadianceField
+
+trimesh = lazy_module("trimesh")  # imported on first use: `render` and `--help` never need it
 
 __all__ = ["UVAtlas", "unwrap_uv", "rasterize_uv", "fill_empty_texels", "bake_albedo_texture"]
 
@@ -138,8 +141,6 @@ def bake_albedo_texture(
     geometry) whose visual is ``TextureVisuals`` with a PBR material (metallic 0, roughness 1)
     holding the image as its base-colour texture.
     """
-    from msd3d.export.mesh import field_device, query_field
-
     device = field_device(field) if device is None else device
     atlas = unwrap_uv(mesh.vertices, mesh.faces, texture_size)
     vertices = mesh.vertices[atlas.vertex_map]

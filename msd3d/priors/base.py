@@ -97,9 +97,13 @@ class DiffusionPrior(abc.ABC):
         *,
         negative_prompt: str = "",
         cameras: Any | None = None,
+        shading: str | None = None,
+        light_positions: Any | None = None,
+        ambient_ratio: float = 0.1,
     ) -> Condition:
         """Encode one prompt per sample. ``cameras`` lets view-aware priors (the oracle) see the
-        exact camera of each sample; other priors ignore it."""
+        exact camera of each sample, and ``shading`` / ``light_positions`` (B, 3) / ``ambient_ratio``
+        how the step's render was shaded; other priors ignore them."""
 
     def validate_prompt(self, prompt: str) -> None:
         """Raise a one-line :class:`~msd3d.errors.Msd3dError` if this prior cannot serve ``prompt``
@@ -155,6 +159,11 @@ class DiffusionPrior(abc.ABC):
     # -- scoring -------------------------------------------------------------------------------
     def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
         """Score finished renders (N, 3, H, W) at ``cameras``; None for priors that cannot (SD)."""
+        return None
+
+    def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
+        """Score an exported mesh (a ``trimesh.Trimesh`` in world units) against the prompt's true
+        shapes; None for priors that have none (SD)."""
         return None
 
     # -- noise levels --------------------------------------------------------------------------

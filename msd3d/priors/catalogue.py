@@ -184,16 +184,26 @@ class Family:
         background: Sequence[float] | float = 1.0,
         supersample: int = 2,
         max_steps: int = 32,
+        shading: str = "albedo",
+        light_positions: Tensor | None = None,
+        ambient_ratio: float = 0.1,
     ) -> Tensor:
-        """Flat-albedo images of the variants seen by each camera: (B, V, 3, H, W) in [0, 1].
+        """Images of the variants seen by each camera: (B, V, 3, H, W) in [0, 1].
 
         Sphere-traced at ``supersample`` x ``supersample`` rays per pixel (box-filtered down), with
-        a coverage estimate for rays that pass just beside a silhouette. No lighting: the colour is
-        the albedo of the part hit, blended over the solid ``background``.
+        a coverage estimate for rays that pass just beside a silhouette, blended over the solid
+        ``background``. ``shading`` is the trainer's (:func:`msd3d.render.shading.shade`):
+        "albedo" (the colour of the part hit, unlit), "lambertian" (that colour times
+        ``ambient + (1 - ambient) * max(0, n . l)`` for the point light ``light_positions`` (B, 3)
+        in world units) or "textureless" (the same lighting of a white albedo).
         """
         vids = list(range(len(self))) if variants is None else [self.variant_index(v) for v in variants]
         if supersample < 1:
             raise ValueError("supersample must be at least 1")
+        if shading not in ("albedo", "lambertian", "textureless"):
+            raise ValueError(f"the oracle renders albedo, lambertian or textureless shading, not {shading!r}")
+        if shading != "albedo" and (light_positions is None or len(light_positions) != len(cameras)):
+            raise ValueError(f"{shading} shading needs one light position per camera")
         device = cameras.device
         b, h, w, s, v = len(cameras), cameras.height, cameras.width, supersample, len(vids)
         with torch.no_grad(), single_thread(device):
@@ -234,13 +244,44 @@ class Family:
                 if seen.numel() > 0:
                     rs = rv.index_select(0, seen)
                     pts = res.points.index_select(0, seen).T.contiguous().unbind(0)
-                    col = self.local_albedo(pts, params.index_select(1, rs), rs, colors)
+                    p_seen = params.index_select(1, rs)
+                    col = self.local_albedo(pts, p_seen, rs, colors)
+                    if shading != "albedo":
+                        # the light in each variant's local frame: R^T (light - offset)
+                        lights = light_positions.to(device).float()  # (B, 3)
+                        l_local = torch.einsum("bj,vji->bvi", lights, rot) - (off[:, None, :] @ rot)[None, :, 0, :]
+                        ray_light = l_local[:, :, None, :].expand(b, v, h * s * w * s, 3).reshape(-1, 3)
+                        l_seen = ray_light.index_select(0, sel.index_select(0, seen))
+                        col = self._lit(pts, p_seen, col, l_seen, shading, ambient_ratio)
                     cov = res.coverage.index_select(0, seen).unsqueeze(-1)
                     image.index_copy_(0, sel.index_select(0, seen), cov * col + (1.0 - cov) * bg)
             image = image.reshape(b * v, h * s, w * s, 3).permute(0, 3, 1, 2)
             if s > 1:
                 image = F.avg_pool2d(image, s)
             return image.reshape(b, v, 3, h, w).clamp(0.0, 1.0)
+
+
+    def local_normals(self, points: XYZ, params: Tensor, eps: float = 1e-3) -> Tensor:
+        """Unit outward normals (N, 3) at local points: central differences of the SDF."""
+        x, y, z = points
+        grads = []
+        for axis in range(3):
+            plus = [x, y, z]
+            minus = [x, y, z]
+            plus[axis] = plus[axis] + eps
+            minus[axis] = minus[axis] - eps
+            grads.append(self.local_distance(tuple(plus), params) - self.local_distance(tuple(minus), params))
+        return F.normalize(torch.stack(grads, dim=-1), dim=-1, eps=1e-12)
+
+    def _lit(
+        self, points: XYZ, params: Tensor, albedo: Tensor, lights: Tensor, shading: str, ambient_ratio: float
+    ) -> Tensor:
+        """The trainer's lambertian / textureless shading at local surface points (N,) with lights (N, 3)."""
+        normals = self.local_normals(points, params)
+        to_light = F.normalize(lights - torch.stack(points, dim=-1), dim=-1)
+        diffuse = (normals * to_light).sum(-1, keepdim=True).clamp_min(0.0)
+        light = ambient_ratio + (1.0 - ambient_ratio) * diffuse  # (N, 1)
+        return light.expand(-1, 3) if shading == "textureless" else albedo * light
 
 
 class Shape:

@@ -81,7 +81,14 @@ class GaussianMixturePrior(DiffusionPrior):
         return (w / w.sum()).log()
 
     def condition(
-        self, prompts: Sequence[str], *, negative_prompt: str = "", cameras: Any | None = None
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        cameras: Any | None = None,
+        shading: str | None = None,
+        light_positions: Any | None = None,
+        ambient_ratio: float = 0.1,
     ) -> Condition:
         cond = torch.stack([self.component_log_weights(p) for p in prompts])
         uncond = self.component_log_weights(negative_prompt).expand_as(cond).clone()

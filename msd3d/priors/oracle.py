@@ -33,6 +33,7 @@ from msd3d.render.cameras import Cameras
 from msd3d.validation import check_choice, check_range, join
 
 UNCONDITIONAL_MODES = ("all_families", "none")
+ORACLE_SHADING = ("match", "albedo")
 
 #: PSNR is reported as at most this (an exact match would be infinite).
 MAX_PSNR = 100.0
@@ -52,8 +53,14 @@ class OracleConfig:
     """"none": no unconditional branch (guidance scales are ignored; renders only the prompt's
     family), the exact prior itself; "all_families": the CFG branch is every variant of every
     family at the same camera (renders the whole catalogue at each step, about ten times the cost)."""
+    shading: str = "match"
+    """"match": render the variants with the shading the trainer drew for the step (albedo,
+    lambertian under the step's light, textureless), so lit steps constrain the surface;
+    "albedo": always unlit albedo (the prior then only constrains colours and silhouettes).
+    Scores (mode / blend PSNR) always compare albedo renders."""
 
     def validate(self, path: str = "prior.oracle") -> None:
+        check_choice(join(path, "shading"), self.shading, ORACLE_SHADING)
         if len(self.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.background):
             raise ValueError(f"{join(path, 'background')} must be three numbers in [0, 1]")
         check_range(join(path, "supersample"), self.supersample, 1)
@@ -171,13 +178,32 @@ class OraclePrior(DiffusionPrior):
     def list_catalogue(self) -> list[dict]:
         return list_catalogue(self.catalogue)
 
-    def render_family(self, family: Family | str, cameras: Cameras) -> Tensor:
-        """All variants of a family at each camera: (B, V, 3, H, W) on the cameras' device."""
+    def render_family(
+        self,
+        family: Family | str,
+        cameras: Cameras,
+        shading: str = "albedo",
+        light_positions: Tensor | None = None,
+        ambient_ratio: float = 0.1,
+    ) -> Tensor:
+        """All variants of a family at each camera: (B, V, 3, H, W) on the cameras' device, with the
+        given shading (see :meth:`Family.render`; lights (B, 3) for lit modes)."""
         if isinstance(family, str):
             family = self.family_for(family)
         c = self.config
         with torch.no_grad():
-            return family.render(cameras, background=c.background, supersample=c.supersample, max_steps=c.max_steps)
+            return family.render(
+                cameras, background=c.background, supersample=c.supersample, max_steps=c.max_steps,
+                shading=shading, light_positions=light_positions, ambient_ratio=ambient_ratio,
+            )
+
+    def _shading(self, shading: str | None, light_positions: Tensor | None) -> tuple[str, Tensor | None]:
+        """The shading to render a step's variants with (``oracle.shading``), lights on the device."""
+        if self.config.shading == "albedo" or shading is None or shading == "albedo":
+            return "albedo", None
+        if light_positions is None:
+            raise ValueError(f"{shading} shading needs light_positions")
+        return shading, light_positions.to(self.device)
 
     # -- conditioning ------------------------------------------------------------------------
     def condition(
@@ -186,8 +212,12 @@ class OraclePrior(DiffusionPrior):
         *,
         negative_prompt: str = "",
         cameras: Cameras | None = None,
+        shading: str | None = None,
+        light_positions: Tensor | None = None,
+        ambient_ratio: float = 0.1,
     ) -> Condition:
-        """Render, for each sample, its family's variants at its camera.
+        """Render, for each sample, its family's variants at its camera, shaded as the step's render
+        (``shading``, ``light_positions`` (B, 3), ``ambient_ratio``) when ``oracle.shading`` is "match".
 
         Payload: ``{"images": (B, V, 3, H, W), "log_weights": (B, V)}``. With
         ``unconditional="all_families"`` V counts every catalogue variant and the conditional
@@ -206,10 +236,12 @@ class OraclePrior(DiffusionPrior):
             raise ValueError(f"{batch} prompts but {len(cameras)} cameras")
         families = [self.family_for(p) for p in prompts]
         cameras = cameras.to(self.device)
+        look = dict(zip(("shading", "light_positions"), self._shading(shading, light_positions)))
+        look["ambient_ratio"] = ambient_ratio
         if self.config.unconditional == "none":
-            cond = self._family_payload(families, cameras, prompts)
+            cond = self._family_payload(families, cameras, prompts, look)
             return Condition(cond=cond, uncond=None, batch_size=batch, prompts=prompts)
-        images = torch.cat([self.render_family(f, cameras) for f in self.catalogue.values()], dim=1)
+        images = torch.cat([self.render_family(f, cameras, **look) for f in self.catalogue.values()], dim=1)
         cond_w = torch.stack([self._log_weights([f], p) for f, p in zip(families, prompts)])
         negative = find_family(negative_prompt, self.catalogue) if negative_prompt.strip() else None
         uncond_fams = [negative] if negative is not None else list(self.catalogue.values())
@@ -230,10 +262,14 @@ class OraclePrior(DiffusionPrior):
         return w
 
     def _family_payload(
-        self, families: Sequence[Family], cameras: Cameras, prompts: Sequence[str] | None = None
+        self,
+        families: Sequence[Family],
+        cameras: Cameras,
+        prompts: Sequence[str] | None = None,
+        look: Mapping[str, Any] | None = None,
     ) -> dict[str, Tensor]:
         """Only each sample's own family, padded to the largest V with masked (-inf) entries;
-        variants weighted by each prompt's attribute words."""
+        variants weighted by each prompt's attribute words, rendered with the step's ``look`` (shading)."""
         batch, h, w = len(families), cameras.height, cameras.width
         v_max = max(len(f) for f in families)
         images = torch.zeros(batch, v_max, 3, h, w, device=self.device)
@@ -241,7 +277,10 @@ class OraclePrior(DiffusionPrior):
         for name in dict.fromkeys(f.name for f in families):
             fam = self.catalogue[name]
             rows = torch.tensor([i for i, f in enumerate(families) if f.name == name], device=self.device)
-            images[rows, : len(fam)] = self.render_family(fam, cameras[rows])
+            look_rows = dict(look or {})
+            if look_rows.get("light_positions") is not None:
+                look_rows["light_positions"] = look_rows["light_positions"][rows]
+            images[rows, : len(fam)] = self.render_family(fam, cameras[rows], **look_rows)
             for row in rows.tolist():
                 log_w[row, : len(fam)] = variant_log_weights(prompts[row] if prompts else "", fam).to(self.device)
         return {"images": images, "log_weights": log_w}
@@ -268,3 +307,10 @@ class OraclePrior(DiffusionPrior):
     def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
         """Score a finished run's turntable renders (N, 3, H, W) against the prompt's variants."""
         return self.score(renders, cameras, prompt)
+
+    def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
+        """Geometry scores of an exported mesh against the nearest variant's true surface
+        (:func:`msd3d.scoring.geometry.score_mesh_against_family`)."""
+        from msd3d.scoring.geometry import score_mesh_against_family
+
+        return score_mesh_against_family(mesh, self.family_for(prompt))

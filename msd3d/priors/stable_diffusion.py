@@ -630,6 +630,9 @@ class StableDiffusionPrior(DiffusionPrior):
         *,
         negative_prompt: str = "",
         cameras: Any | None = None,
+        shading: str | None = None,
+        light_positions: Any | None = None,
+        ambient_ratio: float = 0.1,
     ) -> Condition:
         """Text embeddings per sample: cond (B, 77, D); uncond is the negative prompt's, repeated."""
         prompts = [str(p) for p in prompts]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,15 +43,28 @@ def load_trained_renderer(run_dir: Path, device: torch.device | str = "cpu") -> 
     return config, renderer, int(state["step"])
 
 
-def write_mesh(renderer: VolumeRenderer, config: MeshExportConfig, out_dir: Path, stem: str = "mesh") -> dict[str, Any]:
-    """Extract and write the mesh in every configured format; returns paths and sizes."""
+def write_mesh(
+    renderer: VolumeRenderer,
+    config: MeshExportConfig,
+    out_dir: Path,
+    stem: str = "mesh",
+    score: Callable[[Any], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Extract and write the mesh in every configured format; returns paths, sizes, the iso-level
+    used and, when ``score`` is given (e.g. ``prior.evaluate_geometry``) and returns scores,
+    ``geometry``: the mesh's geometry scores."""
     mesh = extract_mesh(renderer.field, config)
     files = export_mesh_files(mesh, out_dir, stem=stem, formats=tuple(config.formats))
-    return {
+    info: dict[str, Any] = {
         "files": [str(f) for f in files],
         "vertices": int(len(mesh.vertices)),
         "faces": int(len(mesh.faces)),
+        "threshold": float(mesh.metadata["msd3d"]["threshold"]),
     }
+    geometry = score(mesh) if score is not None else None
+    if geometry is not None:
+        info["geometry"] = geometry
+    return info
 
 
 def turntable_render_fn(renderer: VolumeRenderer, shading: str = "albedo"):

@@ -197,7 +197,13 @@ def finish(
     if config.export.mesh:
         mesh_t0 = time.perf_counter()
         with _stage(progress, "mesh"):
-            out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root)
+
+            def score(mesh: Any) -> dict[str, Any] | None:
+                return trainer.prior.evaluate_geometry(config.prompt, mesh)
+
+            out["mesh"] = write_mesh(trainer.renderer, config.mesh, run.root, score=score)
+        if "geometry" in out["mesh"]:  # oracle runs: the mesh against the true shapes (scores.geometry)
+            out.setdefault("scores", {})["geometry"] = out["mesh"].pop("geometry")
         out["mesh"]["seconds"] = time.perf_counter() - mesh_t0
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:
