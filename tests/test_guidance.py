@@ -253,6 +253,8 @@ def test_sdi_official_grid_offset_and_validation():
     for key, value in (("inversion_grid", "even"), ("inversion_noise", "add"), ("weighting", "x0")):
         with pytest.raises(ValueError, match=rf"guidance\.sdi\.{key} must be one of"):
             SDIConfig(**{key: value}).validate()
+    with pytest.raises(ValueError, match=r"guidance\.sdi\.inversion_offset must be true or false"):
+        SDIConfig(inversion_offset="yes").validate()
 
 
 def _ddim_sample(prior, z, cond, t, steps):

@@ -70,7 +70,8 @@ class SDIConfig(TimestepConfig):
         check_range(join(path, "inversion_eta"), self.inversion_eta, 0, 1)
         check_choice(join(path, "inversion_noise"), self.inversion_noise, INVERSION_NOISES)
         check_choice(join(path, "inversion_grid"), self.inversion_grid, INVERSION_GRIDS)
-        check_choice(join(path, "inversion_offset"), self.inversion_offset, (True, False))
+        if not isinstance(self.inversion_offset, bool):
+            raise ValueError(f"{join(path, 'inversion_offset')} must be true or false, got {self.inversion_offset!r}")
         check_choice(join(path, "weighting"), self.weighting, WEIGHTINGS)
 
 
