@@ -25,8 +25,8 @@ Sampler (VE coordinates, docs/design.md §1):
     0.16 / 0.46 % to 0.04 / 0.04 % at 1 step; widening the noise alone (``x + sqrt(sigma^2 + lambda^2) n``)
     changes nothing, so the bias is the start's missing mean. With a small learned MLP denoiser (60 s of
     training, ``--learned 60``) the same at 4 / 16 steps: 4.1 / 4.9 % -> 2.1 / 1.9 % (lambda = 1) and
-    5.9 / 6.6 % -> 1.6 / 0.9 % (lambda = 2); 1 step 3.0 -> 2.9 % and 1.0 -> 0.9 %. Default "x": at 1 step "product" costs twice
-    the calls for a bias already below 0.5 %; with several steps it costs one call more and wins;
+    5.9 / 6.6 % -> 1.6 / 0.9 % (lambda = 2); 1 step 3.0 -> 2.9 % and 1.0 -> 0.9 %. Default "x": at 1 step
+    "product" costs twice the calls for a small gain; with several steps it costs one call more and wins;
 (5) each step ``sigma -> sigma'``: DDIM ``z' = D + (sigma'/sigma)(z - D)``, or with eta noise
     ``z' = D + (sigma_down/sigma)(z - D) + sigma_up n`` with
     ``sigma_up = eta sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2)``, ``sigma_down = sqrt(sigma'^2 - sigma_up^2)``;

@@ -155,5 +155,6 @@ class SDI(Guidance):
         sigma = torch.full((x.shape[0],), sigma_t, device=x.device)
         weight = c.weight * sds_weight(sigma, c.weighting)
         noise_norm = ((z - x) / sigma_t).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())
-        stats = {"t": t, "t_end": t_end, "sigma": sigma_t, "inverted_noise_rms": stat(noise_norm.mean(), self.defer_stats)}
+        noise_rms = stat(noise_norm.mean(), self.defer_stats)
+        stats = {"t": t, "t_end": t_end, "sigma": sigma_t, "inverted_noise_rms": noise_rms}
         return GuidanceOutput(target=target.detach(), weight=weight, stats=stats)
