@@ -13,7 +13,8 @@ from conftest import GMM_WEIGHTS as WEIGHTS
 
 from msd3d.guidance import MSD, SDI, SDS, MSDConfig, SDIConfig, SDSConfig
 from msd3d.guidance.msd import mean_shift_target
-from msd3d.guidance.sdi import ddim_invert
+from msd3d.guidance.sdi import ddim_invert, inversion_times
+from msd3d.guidance.sds import sds_weight
 from msd3d.priors.gmm import GaussianMixturePrior
 from msd3d.schedules import interpolate
 from msd3d.schedules import run_fraction as progress
@@ -81,6 +82,31 @@ def test_msd_one_step_posterior_is_tweedie(gmm):
     cfg = MSDConfig(kernel="posterior", sampler_steps=1, samples=256, guidance_scale=1.0)
     target, _ = mean_shift_target(gmm, x, gmm.condition([""] * 2), lam, cfg, torch.Generator().manual_seed(1))
     torch.testing.assert_close(target - x, gmm.mean_shift(x, lam), atol=1e-3, rtol=0)
+
+
+def test_msd_product_start_removes_the_start_bias():
+    """Chains started at ``x`` miss the noisy product's mean ``x + m``; the first DDIM step keeps part of
+    that offset, so with several steps the estimate is biased towards x (issue 9). For a Gaussian prior
+    the flow is affine, so the bias is deterministic: measured 2.1 % (4 steps) and 3.2 % (16 steps) of |m|
+    from "x", 0.4 % and 0.7 % (the Monte-Carlo noise of 2000 chains) from "product"."""
+    prior = gaussian(var=0.3)
+    x = torch.tensor([[2.5, 1.0], [-1.5, 0.5], [0.0, -2.0]], dtype=torch.float64)
+    lam = 1.0
+    m = prior.mean_shift(x, lam)
+    bias = {}
+    for start in ("x", "product"):
+        for steps in (1, 4):
+            cfg = MSDConfig(kernel="posterior", sampler_steps=steps, samples=2000, guidance_scale=1.0, start=start)
+            prior.counter.reset()
+            target, _ = mean_shift_target(prior, x, prior.condition([""] * 3), lam, cfg,
+                                          torch.Generator().manual_seed(0))
+            assert prior.counter.calls == steps + (start == "product")  # D(x, lambda) for the start
+            bias[start, steps] = float((target - x - m).norm() / m.norm())
+    assert bias["x", 4] > 0.015 and bias["product", 4] < 0.4 * bias["x", 4], bias
+    assert bias["product", 1] <= bias["x", 1] < 0.005, bias  # and one step is not hurt
+    assert MSD(prior, MSDConfig(sampler_steps=4, start="product")).denoiser_calls() == 5
+    with pytest.raises(ValueError, match=r"guidance\.msd\.start must be one of x, product"):
+        MSDConfig(start="wide").validate()
 
 
 def test_msd_guidance_bandwidth_schedule_and_output(gmm):
@@ -170,6 +196,67 @@ def test_sdi_without_eta_is_deterministic(gmm):
     c = noisy(x, cond, step=2, total_steps=10, generator=torch.Generator().manual_seed(0))
     d = noisy(x, cond, step=2, total_steps=10, generator=torch.Generator().manual_seed(123))
     assert not torch.allclose(c.target, d.target)
+
+
+def test_sdi_weightings():
+    """"constant" (SDI's official loss 1/2 ||x - D||^2) is weight 1; threestudio's "uniform" w = 1 is 1/sigma."""
+    sigma = torch.tensor([0.5, 2.0, 10.0])
+    torch.testing.assert_close(sds_weight(sigma, "constant"), torch.ones(3))
+    torch.testing.assert_close(sds_weight(sigma, "uniform"), 1 / sigma)
+    torch.testing.assert_close(sds_weight(sigma, "sds"), sigma / (1 + sigma**2))
+    prior = gaussian()
+    x = torch.tensor([[0.3, -0.2], [-1.0, 0.8]], dtype=torch.float64)
+    out = SDI(prior, SDIConfig(weighting="constant", weight=2.0, inversion_steps=3))(x, prior.condition([""] * 2))
+    torch.testing.assert_close(out.weight, torch.full((2,), 2.0, dtype=out.weight.dtype))
+
+
+def test_sdi_ddpm_inversion_noise_has_the_official_scale():
+    """One inversion step sigma -> sigma': eta = 0 is deterministic; "ddpm" adds eta * s * n with the VE form
+    of the DDPM posterior std, "mix" replaces part of eps_hat (total noise sigma' eta n)."""
+    prior = gaussian(var=0.3)
+    x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cond = prior.condition([""] * len(x))
+    times = [0.2, 0.5]
+    s, s_next = prior.sigma_from_time(torch.tensor(times)).tolist()
+    clean, _ = ddim_invert(prior, x, cond, 0.5, 1, 1.0, eta=0.0, times=times, noise="ddpm")
+    again, _ = ddim_invert(prior, x, cond, 0.5, 1, 1.0, eta=0.0, times=times, noise="ddpm",
+                           generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(clean, again, rtol=0, atol=0)
+    eta = 0.3
+    noisy, _ = ddim_invert(prior, x, cond, 0.5, 1, 1.0, eta=eta, times=times, noise="ddpm",
+                           generator=torch.Generator().manual_seed(1))
+    # VP: var = (1 - a_t)/(1 - a_n) (1 - a_n/a_t), a = 1/(1 + sigma^2); VE: divided by a_n
+    a_t, a_n = 1 / (1 + s**2), 1 / (1 + s_next**2)
+    expected_std = eta * math.sqrt((1 - a_t) / (1 - a_n) * (1 - a_n / a_t) / a_n)
+    measured = float((noisy - clean).std())
+    assert measured == pytest.approx(expected_std, rel=0.02), (measured, expected_std)
+    assert 0.1 < expected_std < 1.0  # a real, non-trivial scale at these levels (0.33)
+
+
+def test_sdi_official_grid_offset_and_validation():
+    """"fixed" steps on the k/steps grid below t, then to t_end (fewer calls for small t: 6 instead of 11 at
+    t = 0.45); the offset inverts up to one grid step past t and still denoises at level t."""
+    assert inversion_times(0.45, 10, "fixed") == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.45])
+    assert inversion_times(0.5, 4, "span") == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
+    assert inversion_times(0.52, 10, "fixed", t=0.45) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.52])
+    prior = gaussian()
+    x = torch.tensor([[0.3, -0.2], [-1.0, 0.8]], dtype=torch.float64)
+    cfg = SDIConfig(guidance_scale=1.0, inversion_steps=10, inversion_grid="fixed", t_min=0.45, t_max=0.98,
+                    t_schedule="anneal", inversion_offset=True)
+    sdi = SDI(prior, cfg)
+    ends = []
+    for seed in range(20):
+        prior.counter.reset()
+        out = sdi(x, prior.condition([""] * 2), step=9, total_steps=10, generator=torch.Generator().manual_seed(seed))
+        assert out.stats["t"] == pytest.approx(0.45)
+        assert prior.counter.calls == 6  # grid 0, .1, .2, .3, .4 (below t), then t_end: 5 steps + the target
+        ends.append(out.stats["t_end"])
+    assert min(ends) >= 0.45 and max(ends) <= 0.55 and max(ends) - min(ends) > 0.05, ends
+    for key, value in (("inversion_grid", "even"), ("inversion_noise", "add"), ("weighting", "x0")):
+        with pytest.raises(ValueError, match=rf"guidance\.sdi\.{key} must be one of"):
+            SDIConfig(**{key: value}).validate()
+    with pytest.raises(ValueError, match=r"guidance\.sdi\.inversion_offset must be true or false"):
+        SDIConfig(inversion_offset="yes").validate()
 
 
 def _ddim_sample(prior, z, cond, t, steps):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from msd3d.config import load_config, resolve_recipe
 from msd3d.errors import ModelLoadError
 from msd3d.guidance import GuidanceConfig, build_guidance
 from msd3d.priors.sd_architectures import build_random_components, save_random_pipeline
@@ -244,3 +245,21 @@ def test_cuda_runs_in_fp16():
     latents = p.encode(image)
     d = p.denoise(latents, 3.0, p.condition(["a cat"]), 7.5)
     assert d.dtype == torch.float32 and torch.isfinite(d).all()
+
+
+@pytest.mark.parametrize("recipe", ["sdi-sd", "msd-sd"])
+def test_recipe_guidance_runs_on_the_pipeline(recipe, prior):
+    """The SD recipes' guidance settings (SDI's official ones: negative inversion CFG, fixed grid with a random
+    offset, DDPM-scaled eta, constant weight; MSD with the product start) run through a real UNet."""
+    config = load_config(resolve_recipe(recipe)).guidance
+    config.msd.start = "product"
+    guidance = build_guidance(config.name, prior, config)
+    latents = _latents(prior, 1, seed=3)
+    cond = prior.condition(["a wooden chair, front view"])
+    calls = prior.counter.calls
+    out = guidance(latents, cond, step=5, total_steps=10, generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(out.target).all() and out.target.shape == latents.shape
+    assert 1 < prior.counter.calls - calls <= guidance.denoiser_calls()
+    if recipe == "sdi-sd":
+        torch.testing.assert_close(out.weight, torch.ones(1))  # the official loss: no w(t)
+        assert out.stats["t"] <= out.stats["t_end"] <= out.stats["t"] + 0.1

@@ -4,8 +4,15 @@ threestudio applies ``grad = w(t) (eps_hat - eps)`` with ``w = 1 - alpha_bar_t``
 With ``z = x + sigma n`` and ``eps_hat = (z - D) / sigma`` this is ``w(t) (x - D) / sigma``, i.e. the
 target ``D(z, sigma)`` with VE weight ``(1 - alpha_bar) / sigma = sigma / (1 + sigma^2)``.
 
-Guidance scale convention: standard CFG, ``D = D_u + s (D_c - D_u)``. threestudio's
-``guidance_scale: 100`` (``eps_c + 100 (eps_c - eps_u)``) equals ``s = 101`` here.
+Guidance scale convention: standard CFG, ``D = D_u + s (D_c - D_u)``. threestudio combines
+``noise_pred_text + guidance_scale * (noise_pred_text - noise_pred_uncond)``
+(threestudio/models/guidance/stable_diffusion_guidance.py, ``compute_grad_sds``), i.e.
+``eps_u + (g + 1)(eps_c - eps_u)``: its ``guidance_scale: g`` is ``s = g + 1`` here (its 100 is 101 here,
+our 100 its 99).
+
+Weightings (``w(t)`` of threestudio's ``w (eps_hat - eps)``): "sds" ``w = 1 - alpha_bar``, "uniform"
+``w = 1`` (both VE weight ``w / sigma``), and "constant": VE weight 1 on ``x - D``, the loss
+``1/2 ||x - D||^2`` on the clean estimate that SDI's official code uses (no ``w(t)`` at all).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from msd3d.rng import draw_device, rand, randn_like, to_device
 from msd3d.schedules import anneal
 from msd3d.validation import check_choice, join
 
-WEIGHTINGS = ("sds", "uniform")
+WEIGHTINGS = ("sds", "uniform", "constant")
 T_SCHEDULES = ("random", "anneal")
 
 
@@ -53,7 +60,9 @@ def sample_times(
 
 
 def sds_weight(sigma: Tensor, weighting: str) -> Tensor:
-    """VE weight of ``x - D`` for a threestudio weighting ``w(t)``: ``w(t) / sigma``."""
+    """VE weight of ``x - D`` (B,) for sigma (B,): ``w(t) / sigma`` for a threestudio weighting, 1 for "constant"."""
+    if weighting == "constant":
+        return torch.ones_like(sigma)
     if weighting == "sds":
         return sigma / (1 + sigma**2)  # w = 1 - alpha_bar = sigma^2 / (1 + sigma^2)
     if weighting == "uniform":
@@ -64,9 +73,9 @@ def sds_weight(sigma: Tensor, weighting: str) -> Tensor:
 @dataclass
 class SDSConfig(TimestepConfig):
     guidance_scale: float = 100.0
-    """Standard CFG scale (threestudio's 100 is 101 here)."""
+    """Standard CFG scale (threestudio's guidance_scale g is g + 1 here: its 100 is 101)."""
     weighting: str = "sds"
-    """"sds": w = 1 - alpha_bar (threestudio); "uniform": w = 1."""
+    """"sds": w = 1 - alpha_bar (threestudio); "uniform": w = 1; "constant": weight 1 on x - D."""
     weight: float = 1.0
     """Extra loss multiplier."""
 
