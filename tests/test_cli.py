@@ -159,3 +159,21 @@ def test_run_configs_from_before_field_types_still_load(tmp_path):
     assert config.field.name == "nerf"
     assert config.field.nerf.encoding == "dense" and list(config.field.nerf.resolutions) == [8, 16]
     assert config.field.nerf.hidden_dim == 16
+
+
+def test_resume_refuses_another_prompt_or_method(tmp_path, tiny_run_overrides):
+    """`generate "a mug" --resume RUN` on a donut run used to retrain the folder towards a mug."""
+    out = tmp_path / "run"
+    code, _, err = _run(["generate", "a donut", "--prior", "oracle", "--steps", "1", "--out", str(out), "-q",
+                         "export.mesh=false", "export.video=false", *tiny_run_overrides])
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    for extra in (["a mug"], ["--guidance", "sds"], ["--prior", "sd"], ["--seed", "5"]):
+        code, _, err = _run(["generate", *extra, "--resume", str(out), "train.steps=2", "-q"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "--resume continues that run" in lines[0], err
+        assert (out / "config.yaml").read_text() == saved
+    # the run's own prompt and seed are fine
+    code, _, err = _run(["generate", "a donut", "--seed", "0", "--resume", str(out), "train.steps=2", "-q"])
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
