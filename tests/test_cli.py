@@ -177,3 +177,17 @@ def test_resume_refuses_another_prompt_or_method(tmp_path, tiny_run_overrides):
     code, _, err = _run(["generate", "a donut", "--seed", "0", "--resume", str(out), "train.steps=2", "-q"])
     assert code == 0, err
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_of_a_finished_run_keeps_a_real_speed(tmp_path, tiny_run_overrides):
+    """`--resume` on a finished run re-finishes it without training; summary.json said it_per_s 0.0."""
+    out = tmp_path / "run"
+    args = ["--prior", "oracle", "--steps", "2", "-q", "export.mesh=false", "export.video=false", *tiny_run_overrides]
+    code, _, err = _run(["generate", "a donut", "--out", str(out), *args])
+    assert code == 0, err
+    first = json.loads((out / "summary.json").read_text())
+    code, _, err = _run(["generate", "--resume", str(out), "-q"])
+    assert code == 0, err
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"] == 2 and again["steps_this_session"] == 0
+    assert again["it_per_s"] == pytest.approx(2 / first["train_seconds"])
