@@ -281,3 +281,11 @@ def test_export_out_that_is_a_file_is_one_line(run_dir, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --out") and "is a file" in lines[0]
     assert target.read_text() == "keep me"
+
+
+def test_render_out_with_a_trailing_slash_is_a_new_folder(run_dir, tmp_path):
+    """`--out clips/` for a folder that does not exist yet wrote a file `clips.mp4` next to it."""
+    result = invoke("render", run_dir, "--frames", "2", "--size", "16", "--out", f"{tmp_path / 'clips'}/", "-q")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["clips"]
+    assert read_video_frames(tmp_path / "clips" / "turntable.mp4").shape == (2, 16, 16, 3)
