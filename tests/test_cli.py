@@ -191,3 +191,19 @@ def test_resume_of_a_finished_run_keeps_a_real_speed(tmp_path, tiny_run_override
     again = json.loads((out / "summary.json").read_text())
     assert again["steps"] == 2 and again["steps_this_session"] == 0
     assert again["it_per_s"] == pytest.approx(2 / first["train_seconds"])
+
+
+def test_resume_refuses_fewer_steps_than_done_and_another_out(tmp_path, tiny_run_overrides):
+    """`--resume RUN --steps 1` on a 2-step run rewrote config.yaml to 1 step (the checkpoint stayed at
+    2) and `--resume RUN --out OTHER` silently ignored --out."""
+    out = tmp_path / "run"
+    code, _, err = _run(["generate", "a donut", "--prior", "oracle", "--steps", "2", "--out", str(out), "-q",
+                         "export.mesh=false", "export.video=false", *tiny_run_overrides])
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    for extra, message in ((["--steps", "1"], "train.steps=1 is below the 2 steps"),
+                           (["--out", str(tmp_path / "other")], "--out cannot be combined with --resume")):
+        code, _, err = _run(["generate", "--resume", str(out), *extra, "-q"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert (out / "config.yaml").read_text() == saved and not (tmp_path / "other").exists()

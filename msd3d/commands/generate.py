@@ -57,6 +57,8 @@ def generate(
                 raise Msd3dError(f"cannot resume {str(resume)!r}: no config.yaml there; pass a run directory written by msd3d generate")
             if config is not None:
                 raise Msd3dError("--config cannot be combined with --resume; the run keeps its own config.yaml")
+            if out is not None:
+                raise Msd3dError(f"--out cannot be combined with --resume; the run stays in {str(resume)!r}")
             _check_same_run(load_config(run.config), values, resume)
             cfg = load_config(run.config, overrides, values)
             run_generate(cfg, resume, resume=True, show_progress=not quiet, log=_log)
