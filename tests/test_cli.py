@@ -207,3 +207,16 @@ def test_resume_refuses_fewer_steps_than_done_and_another_out(tmp_path, tiny_run
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert (out / "config.yaml").read_text() == saved and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("video.elevation=100", "video.elevation must lie in [-90, 90] degrees"),
+    ("camera.elevation_range=[-10,95]", "camera.elevation_range must lie in [-90, 90] degrees"),
+    ("camera.eval_elevation=-120", "camera.eval_elevation must lie in [-90, 90] degrees"),
+])
+def test_elevation_past_the_pole_is_refused(override, message):
+    """An elevation past +-90 degrees turned the turntable upside down instead of failing."""
+    from msd3d.errors import Msd3dError
+
+    with pytest.raises(Msd3dError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(resolve_recipe("msd-oracle", None, None), [override])
