@@ -28,7 +28,8 @@ def render(
     shading: str = typer.Option("albedo", help="albedo, lambertian, textureless or normal (the rgb panel)."),
     out: Optional[str] = typer.Option(
         None, metavar="PATH",
-        help="Video file, or a folder (existing, or ending in /) for turntable.<format> in it (default: RUN_DIR/turntable.<format>).",
+        help="Video file, or a folder (existing, or ending in /) for turntable.<format> in it "
+        "(default: RUN_DIR/turntable.<format>).",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
