@@ -37,7 +37,7 @@ outputs/<prompt-slug>-<guidance>-<prior>-<seed>/
   validation/          step_000500.png ... albedo (top) and normals (bottom) turntable views
   mesh.glb, mesh.obj   the exported mesh (formats from mesh.formats)
   turntable.mp4        the turntable video (camera framed from the object's extent: video.fill)
-  scores.jsonl         oracle scores at each validation step (oracle runs)
+  scores.jsonl         oracle scores at each validation step before the last (oracle runs; final: summary.json)
   report.html, report/ the run's page (below) and its plots and still frames
   .msd3d.lock          held (flock) by the process working in the folder: pid, host, start time
 """

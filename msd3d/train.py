@@ -431,6 +431,9 @@ class Trainer:
         renders = self.renderer.render_image(cams, shading="albedo").image()
         return self.prior.evaluate(self.config.prompt, renders, cams)
 
+    def _run_rate(self) -> float | None:
+        return self.step / self.elapsed if self.step and self.elapsed > 0 else None
+
     def _summary(self, seconds: float, steps_done: int) -> dict[str, Any]:
         return {
             "prompt": self.config.prompt,
@@ -442,7 +445,8 @@ class Trainer:
             "steps_this_session": steps_done,
             "seconds_this_session": seconds,
             "train_seconds": self.elapsed,
-            "it_per_s": steps_done / seconds if seconds > 0 else None,
+            # a session that trained nothing (--resume of a finished run) reports the whole run's rate, not 0
+            "it_per_s": steps_done / seconds if steps_done and seconds > 0 else self._run_rate(),
             "nonfinite_steps": self.nonfinite_total,
             "denoiser_calls_this_session": self.prior.counter.calls - self._counter_start,
             "denoiser_calls": self.denoiser_calls,

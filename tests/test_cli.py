@@ -166,3 +166,64 @@ def test_run_configs_from_before_field_types_still_load(tmp_path):
     assert config.field.name == "nerf"
     assert config.field.nerf.encoding == "dense" and list(config.field.nerf.resolutions) == [8, 16]
     assert config.field.nerf.hidden_dim == 16
+
+
+def test_resume_refuses_another_prompt_or_method(tmp_path, tiny_run_overrides):
+    """`generate "a mug" --resume RUN` on a donut run used to retrain the folder towards a mug."""
+    out = tmp_path / "run"
+    code, _, err = _run(["generate", "a donut", "--prior", "oracle", "--steps", "1", "--out", str(out), "-q",
+                         "export.mesh=false", "export.video=false", *tiny_run_overrides])
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    for extra in (["a mug"], ["--guidance", "sds"], ["--prior", "sd"], ["--seed", "5"]):
+        code, _, err = _run(["generate", *extra, "--resume", str(out), "train.steps=2", "-q"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "--resume continues that run" in lines[0], err
+        assert (out / "config.yaml").read_text() == saved
+    # the run's own prompt and seed are fine
+    code, _, err = _run(["generate", "a donut", "--seed", "0", "--resume", str(out), "train.steps=2", "-q"])
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_of_a_finished_run_keeps_a_real_speed(tmp_path, tiny_run_overrides):
+    """`--resume` on a finished run re-finishes it without training; summary.json said it_per_s 0.0."""
+    out = tmp_path / "run"
+    args = ["--prior", "oracle", "--steps", "2", "-q", "export.mesh=false", "export.video=false", *tiny_run_overrides]
+    code, _, err = _run(["generate", "a donut", "--out", str(out), *args])
+    assert code == 0, err
+    first = json.loads((out / "summary.json").read_text())
+    code, _, err = _run(["generate", "--resume", str(out), "-q"])
+    assert code == 0, err
+    again = json.loads((out / "summary.json").read_text())
+    assert again["steps"] == 2 and again["steps_this_session"] == 0
+    assert again["it_per_s"] == pytest.approx(2 / first["train_seconds"])
+
+
+def test_resume_refuses_fewer_steps_than_done_and_another_out(tmp_path, tiny_run_overrides):
+    """`--resume RUN --steps 1` on a 2-step run rewrote config.yaml to 1 step (the checkpoint stayed at
+    2) and `--resume RUN --out OTHER` silently ignored --out."""
+    out = tmp_path / "run"
+    code, _, err = _run(["generate", "a donut", "--prior", "oracle", "--steps", "2", "--out", str(out), "-q",
+                         "export.mesh=false", "export.video=false", *tiny_run_overrides])
+    assert code == 0, err
+    saved = (out / "config.yaml").read_text()
+    for extra, message in ((["--steps", "1"], "train.steps=1 is below the 2 steps"),
+                           (["--out", str(tmp_path / "other")], "--out cannot be combined with --resume")):
+        code, _, err = _run(["generate", "--resume", str(out), *extra, "-q"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert (out / "config.yaml").read_text() == saved and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("video.elevation=100", "video.elevation must lie in [-90, 90] degrees"),
+    ("camera.elevation_range=[-10,95]", "camera.elevation_range must lie in [-90, 90] degrees"),
+    ("camera.eval_elevation=-120", "camera.eval_elevation must lie in [-90, 90] degrees"),
+])
+def test_elevation_past_the_pole_is_refused(override, message):
+    """An elevation past +-90 degrees turned the turntable upside down instead of failing."""
+    from msd3d.errors import Msd3dError
+
+    with pytest.raises(Msd3dError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(resolve_recipe("msd-oracle", None, None), [override])

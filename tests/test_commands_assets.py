@@ -293,3 +293,11 @@ def test_export_prints_geometry_scores_of_an_oracle_run(run_dir, tmp_path):
     result = invoke("export", run_dir, "--out", tmp_path, "--format", "obj", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert re.search(r"geometry vs mushroom/\w+: Chamfer \d\.\d{4}, F@0\.02", result.stdout), result.stdout
+
+
+def test_render_out_with_a_trailing_slash_is_a_new_folder(run_dir, tmp_path):
+    """`--out clips/` for a folder that does not exist yet wrote a file `clips.mp4` next to it."""
+    result = invoke("render", run_dir, "--frames", "2", "--size", "16", "--out", f"{tmp_path / 'clips'}/", "-q")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["clips"]
+    assert read_video_frames(tmp_path / "clips" / "turntable.mp4").shape == (2, 16, 16, 3)

@@ -386,3 +386,12 @@ def test_bench_help_example_runs_and_its_columns_agree(tmp_path):
     assert report["settings"]["resolution"] == 32
     row = report["rows"][0]
     assert row["it_per_s"] == pytest.approx(1000.0 / row["ms_step"])
+
+
+def test_download_of_a_missing_local_path_is_one_line(tmp_path, monkeypatch):
+    """A missing .safetensors file said "is a local folder; nothing to download" before its error; a
+    missing ./folder was taken for a hub id ("hub is unreachable ... hf download ./nope")."""
+    monkeypatch.chdir(tmp_path)
+    for model in (str(tmp_path / "nope.safetensors"), "./nope", "../nope/sd21"):
+        code, _, err = _run(["download", model])
+        assert code == 2 and "does not exist" in _one_error_line(err), err

@@ -68,6 +68,9 @@ def generate(
                 )
             if config is not None:
                 raise Msd3dError("--config cannot be combined with --resume; the run keeps its own config.yaml")
+            if out is not None:
+                raise Msd3dError(f"--out cannot be combined with --resume; the run stays in {str(resume)!r}")
+            _check_same_run(load_config(run.config), values, resume)
             cfg = load_config(run.config, overrides, values)
             run_generate(cfg, resume, resume=True, show_progress=not quiet, log=_log)
             return
@@ -77,6 +80,23 @@ def generate(
         if out is not None:
             cfg.out = str(out)
         run_generate(cfg, default_run_dir(cfg), show_progress=not quiet, log=_log)
+
+
+def _check_same_run(saved: object, values: dict, run_dir: Path) -> None:
+    """--resume continues the run it names: a PROMPT, --prior, --guidance or --seed that differs from the
+    run's own would silently turn it into another job (in a folder named after the old one)."""
+    from omegaconf import OmegaConf
+
+    from msd3d.errors import Msd3dError
+
+    flags = {"prompt": "PROMPT", "prior.name": "--prior", "guidance.name": "--guidance", "seed": "--seed"}
+    for key, flag in flags.items():
+        given, own = values.get(key), OmegaConf.select(OmegaConf.structured(saved), key)
+        if given is not None and given != own:
+            raise Msd3dError(
+                f"{flag} {given!r} differs from the run's own {own!r} in {str(run_dir)!r}; --resume continues that "
+                f"run as it is: drop {flag} (or start a new run without --resume)"
+            )
 
 
 def _log(message: str) -> None:

@@ -34,8 +34,10 @@ def render(
         None, help="Side-by-side panels, left to right: rgb, normals, depth, opacity (comma list or repeated)."
     ),
     shading: str = typer.Option("albedo", help="albedo, lambertian, textureless or normal (the rgb panel)."),
-    out: Optional[Path] = typer.Option(
-        None, help="Video file, or a folder for turntable.<format> in it (default: RUN_DIR/turntable.<format>)."
+    out: Optional[str] = typer.Option(
+        None, metavar="PATH",
+        help="Video file, or a folder (existing, or ending in /) for turntable.<format> in it "
+        "(default: RUN_DIR/turntable.<format>).",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -62,8 +64,9 @@ def render(
             fmt = fmt.lower().lstrip(".")
             if fmt not in VIDEO_FORMATS:
                 raise Msd3dError(f"--format {fmt!r} is not one of {', '.join(VIDEO_FORMATS)}")
-        if out is not None and out.is_dir():  # a folder: the default file name inside it
-            out = out / "turntable"
+        # a folder (one that exists, or `clips/`): the default file name inside it
+        folder = out is not None and (out.endswith(("/", "\\")) or Path(out).is_dir())
+        out = None if out is None else Path(out) / "turntable" if folder else Path(out)
         if out is not None and out.suffix:
             suffix = out.suffix.lower().lstrip(".")
             if suffix not in VIDEO_FORMATS:

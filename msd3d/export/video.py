@@ -65,7 +65,7 @@ class VideoConfig:
     fps: int = 30
     """Frames per second of the written video."""
     elevation: float = 15.0
-    """Degrees above the horizon."""
+    """Degrees above the horizon, -90 to 90."""
     distance: float = 1.75
     """Camera distance from the origin, world units (used when video.fill is 0)."""
     fill: float = 0.85
@@ -105,6 +105,8 @@ class VideoConfig:
             raise ValueError("video.fill must lie in [0, 1) (0 = fixed video.distance)")
         if not 0 < self.fovy < 180:
             raise ValueError("video.fovy must lie in (0, 180) degrees")
+        if not -90 <= self.elevation <= 90:
+            raise ValueError(f"video.elevation must lie in [-90, 90] degrees, got {self.elevation}")
         if self.format not in VIDEO_FORMATS:
             raise ValueError(f"video.format must be one of {list(VIDEO_FORMATS)}, got {self.format!r}")
         if not self.panels or any(p not in PANELS for p in self.panels):

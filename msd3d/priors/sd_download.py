@@ -109,7 +109,9 @@ def download_model(
     Raises :class:`ModelLoadError` (one line) when offline, unreachable, or the model is unusable.
     """
     from msd3d.priors.stable_diffusion import (
+        _HUB_ID,
         StableDiffusionConfig,
+        check_available,
         hub_offline,
         hub_reachable,
         is_single_file,
@@ -118,6 +120,8 @@ def download_model(
 
     model = resolve_model(model)
     local = Path(model).expanduser()
+    if not local.exists() and (is_single_file(model) or not _HUB_ID.match(model)):
+        check_available(StableDiffusionConfig(model=model))  # a missing file or folder: its one-line error
     if local.exists() or is_single_file(model):
         log(f"{model} is a local {'file' if local.is_file() else 'folder'}; nothing to download")
         if check:

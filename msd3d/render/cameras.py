@@ -153,7 +153,7 @@ class CameraConfig:
     """Random training views (threestudio's dreamfusion defaults) and the evaluation turntable."""
 
     elevation_range: tuple[float, float] = (-10.0, 45.0)
-    """Training camera elevation, degrees above the horizon [low, high]."""
+    """Training camera elevation, degrees above the horizon [low, high], within [-90, 90]."""
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     """Training camera azimuth, degrees (0 = front, on +x)."""
     distance_range: tuple[float, float] = (1.5, 2.0)
@@ -163,7 +163,7 @@ class CameraConfig:
     batch_size: int = 1
     """Views per optimisation step; at most 64."""
     eval_elevation: float = 15.0
-    """Elevation of validation and scoring turntables, degrees."""
+    """Elevation of validation and scoring turntables, degrees (-90 to 90)."""
     eval_distance: float = 1.75
     """Distance of validation and scoring turntables."""
     eval_fovy: float = 55.0
@@ -180,6 +180,9 @@ class CameraConfig:
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"camera.{name} must be [low, high] with low <= high, got [{lo}, {hi}]")
+        for name, values in (("elevation_range", self.elevation_range), ("eval_elevation", [self.eval_elevation])):
+            if not all(-90 <= v <= 90 for v in values):
+                raise ValueError(f"camera.{name} must lie in [-90, 90] degrees, got {self.__dict__[name]}")
         if self.distance_range[0] <= 0:
             raise ValueError("camera.distance_range must be positive")
         if not (0 < self.fovy_range[0] and self.fovy_range[1] < 180):

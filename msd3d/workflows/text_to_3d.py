@@ -98,6 +98,11 @@ def generate(
         trainer = Trainer(config, run_dir, prior=prior, show_progress=show_progress)
         if resume:
             trainer.resume()
+            if trainer.step > config.train.steps:  # before fit() rewrites config.yaml
+                raise Msd3dError(
+                    f"train.steps={config.train.steps} is below the {trainer.step} steps this run has done; "
+                    f"--resume continues a run: pass at least {trainer.step} (--steps / train.steps)"
+                )
             log(f"resuming {run_dir} at step {trainer.step}/{config.train.steps}")
 
         def stopped(name: str) -> str:
