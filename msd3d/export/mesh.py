@@ -2,7 +2,8 @@
 
 Pipeline (``extract_mesh``): sample ``field.density`` on a regular grid over ``[-bound, bound]^3``
 → choose the iso-level (a number, or "auto": the level whose silhouettes match where the field
-renders at least half opaque, ``surface_level``) → fill enclosed low-density pockets (no inner
+renders at least half opaque, ``surface_level``, lowered where needed to keep thin parts attached,
+``connecting_level``) → fill enclosed low-density pockets (no inner
 shells) → marching cubes → drop floaters (small connected components) → optional
 quadric decimation to a face budget → colour from ``field.albedo`` (per-vertex RGBA, or a baked
 texture, see ``msd3d.export.texture``).
@@ -92,7 +93,8 @@ class MeshExportConfig:
     threshold: Any = "auto"
     """Density iso-level: a positive number, or "auto" = the level whose silhouettes over a ring of
     views best match where the field renders at least half opaque (``surface_level``), so the mesh
-    is the surface the renders show whatever the field's density scale."""
+    is the surface the renders show whatever the field's density scale; lowered (at most to half)
+    where that level splits the object into sizeable pieces (``connecting_level``)."""
     keep_components: int = 0
     """Keep at most this many connected components, largest first (by face count); 0 = no limit."""
     min_component_fraction: float = 0.02
