@@ -169,6 +169,48 @@ def test_auto_level_meshes_the_silhouette_the_renders_show(peak):
     assert resolve_threshold(7.5, None, 1.0) == 7.5
 
 
+class Dumbbell:
+    """Two dense balls (radius 0.25 at x = +-0.4) joined by a thin rod of ``rod_peak`` / 40 their density."""
+
+    bound = 1.0
+
+    def __init__(self, rod_peak: float):
+        self.rod_peak = rod_peak
+
+    def density(self, points):
+        balls = torch.minimum(
+            (points - torch.tensor([-0.4, 0.0, 0.0])).norm(dim=-1), (points - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1)
+        ) - 0.25
+        rod = torch.maximum(points[..., 1:].norm(dim=-1) - 0.05, points[..., 0].abs() - 0.4)
+        return torch.maximum(40.0 * torch.sigmoid(-balls / 0.02), self.rod_peak * torch.sigmoid(-rod / 0.02))
+
+    def albedo(self, points):
+        return _albedo(points)
+
+
+def test_auto_level_keeps_a_thin_low_density_part_attached():
+    """A thin part whose density stays below the silhouette level (a lamp's arm) is kept by lowering
+    the level just enough to join the pieces; parts that only empty space separates stay apart."""
+    from scipy import ndimage
+
+    from msd3d.export.mesh import connecting_level, density_grid, surface_level
+
+    joined = Dumbbell(rod_peak=2.8)
+    grid = density_grid(joined, 40)
+    level = surface_level(grid, 1.0)
+    assert ndimage.label(grid > level)[1] == 2  # at the silhouette level the rod is gone
+    assert 0.5 * level <= resolve_threshold("auto", grid, 1.0) < level
+    mesh = extract_mesh(joined, MeshExportConfig(resolution=40))
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert 0.6 < -mesh.bounds[0][0] < 0.8 and 0.6 < mesh.bounds[1][0] < 0.8  # both balls, whole
+
+    apart = density_grid(Dumbbell(rod_peak=1.2), 40)  # the rod too faint to be part of the object
+    level = surface_level(apart, 1.0)
+    assert connecting_level(apart, level) == level
+    ball = density_grid(sphere_field(), 24)
+    assert connecting_level(ball, 50.0) == 50.0
+
+
 def test_cavities_are_filled_no_inner_shell():
     """A hollow ball (dense shell around an empty core) exports as one closed outer surface."""
 

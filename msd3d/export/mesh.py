@@ -2,7 +2,8 @@
 
 Pipeline (``extract_mesh``): sample ``field.density`` on a regular grid over ``[-bound, bound]^3``
 → choose the iso-level (a number, or "auto": the level whose silhouettes match where the field
-renders at least half opaque, ``surface_level``) → fill enclosed low-density pockets (no inner
+renders at least half opaque, ``surface_level``, lowered where needed to keep thin parts attached,
+``connecting_level``) → fill enclosed low-density pockets (no inner
 shells) → marching cubes → drop floaters (small connected components) → optional
 quadric decimation to a face budget → colour from ``field.albedo`` (per-vertex RGBA, or a baked
 texture, see ``msd3d.export.texture``).
@@ -47,6 +48,7 @@ __all__ = [
     "density_grid",
     "ray_opacity_and_peak",
     "surface_level",
+    "connecting_level",
     "resolve_threshold",
     "fill_cavities",
     "marching_cubes",
@@ -70,6 +72,10 @@ SURFACE_VIEW_RESOLUTION = 64
 """Pixels per side of those views."""
 SURFACE_IOU_TOLERANCE = 0.002
 """Levels whose silhouette IoU is within this of the best count as equally good."""
+CONNECT_LEVEL_FLOOR = 0.5
+"""``threshold="auto"``: the lowest fraction of the silhouette level ``connecting_level`` may go to."""
+CONNECT_PIECE_FRACTION = 0.02
+"""Solid pieces with at least this fraction of the solid voxels count as parts of the object."""
 
 Y_UP_FROM_Z_UP = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
@@ -87,7 +93,8 @@ class MeshExportConfig:
     threshold: Any = "auto"
     """Density iso-level: a positive number, or "auto" = the level whose silhouettes over a ring of
     views best match where the field renders at least half opaque (``surface_level``), so the mesh
-    is the surface the renders show whatever the field's density scale."""
+    is the surface the renders show whatever the field's density scale; lowered (at most to half)
+    where that level splits the object into sizeable pieces (``connecting_level``)."""
     keep_components: int = 0
     """Keep at most this many connected components, largest first (by face count); 0 = no limit."""
     min_component_fraction: float = 0.02
@@ -265,10 +272,46 @@ def surface_level(
     return float(np.sqrt(levels[best[0]] * levels[best[-1]]))
 
 
+def connecting_level(
+    grid: np.ndarray,
+    level: float,
+    floor: float = CONNECT_LEVEL_FLOOR,
+    piece_fraction: float = CONNECT_PIECE_FRACTION,
+    candidates: int = 12,
+) -> float:
+    """The highest level in ``[floor * level, level]`` at which the object's pieces at ``level`` join.
+
+    A part thinner than a training pixel (a lamp's arm, a handle) renders with less density than
+    the body, so at the body's surface level it can break into pieces that the renders show joined.
+    The pieces are the face-connected regions of ``grid > level`` holding at least
+    ``piece_fraction`` of its voxels (smaller ones are floaters, dropped later). If there are several,
+    this lowers the level in ``candidates`` geometric steps down to ``floor * level`` and returns the
+    first one where they all lie in one region; where none does (truly separate objects, which
+    empty space keeps apart), ``level`` itself. One piece: ``level`` unchanged.
+    grid: (R, R, R) densities.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(grid > level)
+    if count <= 1:
+        return float(level)
+    sizes = np.bincount(labels.ravel())[1:]  # (count,)
+    pieces = np.flatnonzero(sizes >= piece_fraction * sizes.sum()) + 1
+    if len(pieces) <= 1:
+        return float(level)
+    seeds = [np.unravel_index(int(np.argmax(labels == piece)), labels.shape) for piece in pieces]
+    for lower in level * np.geomspace(1.0, floor, candidates + 1)[1:]:
+        joined, _ = ndimage.label(grid > lower)
+        if len({int(joined[seed]) for seed in seeds}) == 1:
+            return float(lower)
+    return float(level)
+
+
 def resolve_threshold(threshold: Any, grid: np.ndarray, bound: float) -> float:
-    """The numeric iso-level: the number given, or ``surface_level`` for "auto"."""
+    """The numeric iso-level: the number given, or for "auto" ``surface_level`` lowered by
+    ``connecting_level`` just enough to keep thin parts attached."""
     if threshold == "auto":
-        return surface_level(grid, bound)
+        return connecting_level(grid, surface_level(grid, bound))
     return float(threshold)
 
 
