@@ -179,7 +179,8 @@ class Dumbbell:
 
     def density(self, points):
         balls = torch.minimum(
-            (points - torch.tensor([-0.4, 0.0, 0.0])).norm(dim=-1), (points - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1)
+            (points - torch.tensor([-0.4, 0.0, 0.0])).norm(dim=-1),
+            (points - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1),
         ) - 0.25
         rod = torch.maximum(points[..., 1:].norm(dim=-1) - 0.05, points[..., 0].abs() - 0.4)
         return torch.maximum(40.0 * torch.sigmoid(-balls / 0.02), self.rod_peak * torch.sigmoid(-rod / 0.02))
