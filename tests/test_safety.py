@@ -35,7 +35,7 @@ runner = CliRunner()
 TINY_RECIPE = """\
 prior: {name: oracle, oracle: {supersample: 1, max_steps: 16}}
 background: {type: solid}
-field: {resolutions: [16, 32], hidden_dim: 16}
+field: {nerf: {resolutions: [16, 32], hidden_dim: 16}}
 render: {resolution: 16, samples_per_ray: 16, eval_resolution: 16}
 guidance:
   name: msd
