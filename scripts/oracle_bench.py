@@ -21,6 +21,15 @@ checkpoint), so the renders can be inspected.
     python scripts/oracle_bench.py                               # all families, MSD and SDS
     python scripts/oracle_bench.py --families mushroom,donut --methods msd,sds,sdi --steps 100
     python scripts/oracle_bench.py --skip-existing               # resume a partially done bench
+
+On the learned catalogue prior (``--prior learned``: the trained pixel-space UNet that stands in for
+Stable Diffusion) each run is the oracle recipe's scene, render, camera, shading and training with the
+**guidance section of ``configs/<method>-sd.yaml``** (the Stable Diffusion defaults under test) and
+the prior swapped; ``--methods`` may also name the settings in :data:`SETTINGS` (kernels, sampler
+steps, lambda schedules, CFG scales), each a method plus overrides:
+
+    python scripts/oracle_bench.py --prior learned --methods msd,msd-exp,msd-diffused,sds-cfg7.5,sds,sdi
+    python scripts/oracle_bench.py --prior learned --families mushroom --prompt "a red mushroom"
 """
 
 from __future__ import annotations
@@ -52,6 +61,23 @@ from msd3d.workflows.text_to_3d import generate
 
 METHODS = GUIDANCE.names()
 DEFAULT_OUT = Path("results") / "oracle_bench"
+#: Named settings for sweeps: setting -> (guidance method, overrides on top of its recipe).
+SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "msd-s4": ("msd", ("guidance.msd.sampler_steps=4",)),
+    "msd-exp": ("msd", ("guidance.msd.kernel=exp",)),
+    "msd-exp-iv": ("msd", ("guidance.msd.kernel=exp", "guidance.msd.kernel_t_max=0.5")),
+    "msd-diffused": ("msd", ("guidance.msd.kernel=diffused",)),
+    "msd-lam-wide": ("msd", ("guidance.msd.lambda_start=6.0", "guidance.msd.lambda_end=0.5")),
+    "msd-lam-narrow": ("msd", ("guidance.msd.lambda_start=0.5", "guidance.msd.lambda_end=0.05")),
+    "msd-cfg1": ("msd", ("guidance.msd.guidance_scale=1.0",)),
+    "msd-cfg3": ("msd", ("guidance.msd.guidance_scale=3.0",)),
+    "sds-cfg7.5": ("sds", ("guidance.sds.guidance_scale=7.5",)),
+}
+
+
+def setting_method(name: str) -> tuple[str, tuple[str, ...]]:
+    """(guidance method, overrides) of a plain method name or a named setting."""
+    return SETTINGS.get(name, (name, ()))
 
 
 @dataclass
@@ -100,18 +126,47 @@ def family_prompt(family: str) -> str:
     return f"a {family}"
 
 
+def sd_guidance_values(method: str) -> dict[str, Any]:
+    """The guidance section of ``configs/<method>-sd.yaml`` as dotted keys (``guidance.msd.kernel``)."""
+    from omegaconf import OmegaConf
+
+    from msd3d.config import load_yaml
+
+    path = recipe_dir() / f"{method}-sd.yaml"
+    if not path.is_file():
+        raise Msd3dError(f"no recipe {path.name} in {recipe_dir()}; the learned-prior bench needs it")
+    section = OmegaConf.to_container(load_yaml(path).get("guidance", {}))
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}")
+        else:
+            out[prefix] = node
+
+    walk(section, "guidance")
+    return out
+
+
 def run_config(method: str, family: str, args: argparse.Namespace, run_dir: Path) -> RunConfig:
-    """The shipped recipe for ``method`` with the bench's overrides (steps, seed, resolution, --set)."""
-    values: dict[str, Any] = {
-        "prompt": family_prompt(family),
+    """The shipped recipe for ``method`` (a method or a named setting) with the bench's overrides
+    (steps, seed, resolution, prior, --set)."""
+    guidance, setting_overrides = setting_method(method)
+    values: dict[str, Any] = {}
+    if args.prior == "learned":
+        values.update(sd_guidance_values(guidance))
+        values.update({"prior.name": "learned", "prior.learned.weights": args.weights})
+    values.update({
+        "prompt": args.prompt or family_prompt(family),
         "device": "cpu",
         "out": str(run_dir),
-        "guidance.name": method,
+        "guidance.name": guidance,
         "seed": args.seed,
         "train.steps": args.steps,
         "render.resolution": args.resolution,
-    }
-    return load_config(recipe_path(method), list(args.set or []), values)
+    })
+    return load_config(recipe_path(guidance), [*setting_overrides, *(args.set or [])], values)
 
 
 def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:
@@ -272,7 +327,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 
 def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
-    table = Table(title="msd3d oracle benchmark (CPU)")
+    table = Table(title="msd3d text-to-3D benchmark (CPU)")
     for i, h in enumerate(HEADERS):
         table.add_column(h, justify="left" if i in (0, 1, 8, 16) else "right")
     for i, r in enumerate(rows):
@@ -286,7 +341,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", default="all", help="comma-separated catalogue families (default: all)")
     p.add_argument("--methods", default="msd,sds",
-                   help=f"comma-separated methods among {','.join(METHODS)} (default: msd,sds)")
+                   help=f"comma-separated methods among {','.join(METHODS)} or settings among "
+                        f"{','.join(SETTINGS)} (default: msd,sds)")
+    p.add_argument("--prior", choices=("oracle", "learned"), default="oracle",
+                   help="oracle (exact, the *-oracle.yaml recipes) or learned (the trained catalogue UNet "
+                        "with the guidance of the *-sd.yaml recipes)")
+    p.add_argument("--weights", default="", help="learned prior weights (default: the shipped ones)")
+    p.add_argument("--prompt", default="", help="one prompt for every run instead of \"a <family>\"")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")
@@ -306,9 +367,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown families {unknown}; choose from {', '.join(CATALOGUE)}")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in args.methods if m not in METHODS]
+    bad = [m for m in args.methods if setting_method(m)[0] not in METHODS]
     if bad:
-        p.error(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        p.error(f"unknown methods {bad}; choose from {', '.join([*METHODS, *SETTINGS])}")
     if args.skip_existing and args.overwrite:
         p.error("--skip-existing and --overwrite exclude each other")
     return args
@@ -339,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "seed": args.seed,
         "bench_seconds": time.perf_counter() - start,
-        "recipes": {m: str(recipe_path(m)) for m in args.methods},
+        "prior": args.prior,
+        "weights": args.weights,
+        "recipes": {m: str(recipe_path(setting_method(m)[0])) for m in args.methods},
+        "settings": {m: list(setting_method(m)[1]) for m in args.methods},
         "overrides": list(args.set or []),
         "rows": [asdict(r) | {"mode_minus_blend": r.mode_minus_blend} for r in rows],
         "summary": summary,

@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the saved weights' moving average (0 = off)")
     p.add_argument("--views", type=int, default=64, help="renders per variant")
     p.add_argument("--families", default="", help="comma-separated families (default: the whole catalogue)")
     p.add_argument("--max-seconds", type=float, default=3600.0, help="stop training after this long")
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-cfg", type=float, default=3.0, help="CFG scale of the model card's samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--card-only", action="store_true",
+                   help="do not train: rewrite the model card (and samples.png) of <out>/learned_prior.safetensors")
     return p.parse_args(argv)
 
 
@@ -41,17 +44,19 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from rich.progress import Progress
 
-    from msd3d.atomic_io import atomic_write_json, atomic_write_text
     from msd3d.priors.learned_catalogue import (
         LearnedPriorTrainConfig,
         load_learned_prior,
-        sample_quality,
         save_learned_prior,
         train_learned_prior,
     )
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    weights = args.out / "learned_prior.safetensors"
+    if args.card_only:
+        prior = load_learned_prior(weights)
+        return write_card(args, prior, prior.train_config, prior.metadata)
     config = LearnedPriorTrainConfig(
         render_size=args.size,
         block_out_channels=tuple(int(c) for c in args.channels.split(",")),
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,
+        ema_decay=args.ema,
         max_seconds=args.max_seconds,
         seed=args.seed,
     )
@@ -77,11 +83,20 @@ def main(argv: list[str] | None = None) -> dict:
             on_step=lambda s, loss: bar.update(task, advance=1, description=f"training (loss {loss:.4f})"),
             on_family=lambda name: bar.advance(fam_task),
         )
-    weights = args.out / "learned_prior.safetensors"
     save_learned_prior(weights, comps, config, meta)
     prior = load_learned_prior(weights)  # the card scores what was written, through the prior interface
-    quality = sample_quality(prior, config, steps=args.sample_steps, guidance_scale=args.sample_cfg, seed=args.seed)
-    card = {"weights": str(weights), "bytes": weights.stat().st_size, "config": asdict(config), "training": meta,
+    return write_card(args, prior, config, meta)
+
+
+def write_card(args: argparse.Namespace, prior, config, meta: dict) -> dict:
+    """Score ``prior``'s samples and write ``model_card.json``, ``MODEL_CARD.md`` and ``samples.png``."""
+    from msd3d.atomic_io import atomic_write_json, atomic_write_text
+    from msd3d.priors.learned_catalogue import sample_quality
+
+    weights = args.out / "learned_prior.safetensors"
+    quality = sample_quality(prior, config, steps=args.sample_steps, guidance_scale=args.sample_cfg, seed=args.seed,
+                             grid_png=args.out / "samples.png")
+    card = {"weights": weights.name, "bytes": weights.stat().st_size, "config": asdict(config), "training": meta,
             "sample_quality": quality, "sample_steps": args.sample_steps, "sample_cfg": args.sample_cfg}
     atomic_write_json(args.out / "model_card.json", card, indent=1)
     atomic_write_text(args.out / "MODEL_CARD.md", model_card_markdown(card))
@@ -94,11 +109,12 @@ def model_card_markdown(card: dict) -> str:
     lines = [
         "# Learned catalogue prior",
         "",
-        f"- data: {t['images']} flat-albedo renders ({c['views_per_variant']} random training cameras per variant) "
-        f"of {', '.join(t['families'])}, {c['render_size']}x{c['render_size']} px; "
+        f"- data: {t['images']} renders of {', '.join(t['families'])} ({c['views_per_variant']} random training "
+        f"cameras per variant; shading {t.get('shading_counts', {})}), {c['render_size']}x{c['render_size']} px; "
         f"rendering took {t['render_seconds']} s",
         f"- model: diffusers UNet2DConditionModel, blocks {c['block_out_channels']}, word embeddings of size "
-        f"{c['text_dim']}; SD's scaled-linear DDPM schedule, epsilon-prediction, condition dropout {c['cond_dropout']}",
+        f"{c['text_dim']}; SD's scaled-linear DDPM schedule, epsilon-prediction, min-SNR-{c['min_snr_gamma']:g} "
+        f"weighting, condition dropout {c['cond_dropout']}, EMA {c['ema_decay']} (saved)",
         f"- training: {t['steps_run']} steps of batch {c['batch']} (AdamW lr {c['lr']}) in {t['train_seconds']} s; "
         f"final loss {t['final_loss']:.4f}; file {card['bytes'] / 1e6:.1f} MB",
         "",
@@ -113,13 +129,16 @@ def model_card_markdown(card: dict) -> str:
         "",
         f"Sample quality: {card['sample_steps']}-step DDIM samples of \"a <family>, <view> view\" at CFG "
         f"{card['sample_cfg']}, each compared with the family's variants rendered at the same camera "
-        "(mode PSNR: to the nearest variant; blend PSNR: to the variants' average). A usable prior has mode > blend.",
+        "(mode PSNR: to the nearest variant in its nearest look, albedo or lit from the camera; blend PSNR: to "
+        "the variants' average in that look). A usable prior has mode > blend.",
         "",
-        "| family | mode PSNR (dB) | blend PSNR (dB) |",
-        "|---|---|---|",
+        "`samples.png`: per family, a row of samples above a row of the variant each is nearest to.",
+        "",
+        "| family | mode PSNR (dB) | blend PSNR (dB) | albedo samples |",
+        "|---|---|---|---|",
     ]
     for name, q in card["sample_quality"].items():
-        lines.append(f"| {name} | {q['mode_psnr']:.2f} | {q['blend_psnr']:.2f} |")
+        lines.append(f"| {name} | {q['mode_psnr']:.2f} | {q['blend_psnr']:.2f} | {q['albedo_share']:.0%} |")
     return "\n".join(lines) + "\n"
 
 

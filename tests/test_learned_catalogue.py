@@ -104,3 +104,21 @@ def test_training_script_runs_a_tiny_configuration(tmp_path):
     q = saved["sample_quality"]["mushroom"]
     assert 0 < q["blend_psnr"] < 60 and 0 < q["mode_psnr"] < 60
     assert "| mushroom |" in (tmp_path / "MODEL_CARD.md").read_text() and card["bytes"] < 25e6
+
+
+def test_training_data_holds_the_trainers_shading_modes():
+    from msd3d.priors.learned_catalogue import render_dataset
+
+    config = LearnedPriorTrainConfig(render_size=16, families=("mushroom",), views_per_variant=12,
+                                     shading_probs=(0.4, 0.3, 0.3))
+    data = render_dataset(config)
+    assert data["images"].shape == (36, 3, 16, 16) and len(data["shading"]) == 36
+    assert set(data["shading"]) == {"albedo", "lambertian", "textureless"}
+    grey = [i for i, s in enumerate(data["shading"]) if s == "textureless"]
+    coloured = [i for i, s in enumerate(data["shading"]) if s == "albedo"]
+    img = data["images"]
+    # textureless renders are white albedo under a light: equal channels; albedo ones are coloured
+    assert (img[grey].amax(1) - img[grey].amin(1)).max() < 1e-5
+    assert (img[coloured].amax(1) - img[coloured].amin(1)).max() > 0.2
+    with pytest.raises(ValueError, match="shading_probs"):
+        LearnedPriorTrainConfig(shading_probs=(0.5, 0.5, 0.5)).validate()

@@ -162,3 +162,25 @@ def test_bench_runs_one_family_and_resumes(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [r["mode_psnr"] for r in again] == [r["mode_psnr"] for r in rows]
     assert "kept" in capsys.readouterr().out
+
+
+def test_learned_prior_bench_runs_the_sd_guidance_on_the_oracle_scene(tmp_path):
+    """``--prior learned``: the *-oracle scene with the *-sd guidance section, the prior swapped, and
+    named settings adding their overrides on top."""
+    from msd3d.config import load_config, recipe_dir
+
+    bench = _bench_module()
+    args = bench.parse_args(["--prior", "learned", "--weights", "w.safetensors", "--methods", "msd,msd-exp,sds-cfg7.5"])
+    sd = {m: load_config(recipe_dir() / f"{m}-sd.yaml") for m in ("msd", "sds")}
+    oracle = load_config(recipe_dir() / "msd-oracle.yaml")
+    plain = bench.run_config("msd", "mushroom", args, tmp_path / "a")
+    assert plain.prior.name == "learned" and plain.prior.learned.weights == "w.safetensors"
+    assert plain.guidance.msd == sd["msd"].guidance.msd  # every guidance key from msd-sd.yaml
+    assert plain.render == oracle.render and plain.train.steps == oracle.train.steps  # the oracle's scene
+    exp = bench.run_config("msd-exp", "mushroom", args, tmp_path / "b")
+    assert exp.guidance.msd.kernel == "exp" and exp.guidance.msd.sampler_steps == sd["msd"].guidance.msd.sampler_steps
+    sds = bench.run_config("sds-cfg7.5", "mushroom", args, tmp_path / "c")
+    assert sds.guidance.name == "sds" and sds.guidance.sds.guidance_scale == 7.5
+    assert sds.guidance.sds.t_min == sd["sds"].guidance.sds.t_min
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "msd-nonsense"])

@@ -4,16 +4,21 @@ The rung between the exact oracle and Stable Diffusion (docs/design.md §5): the
 but learned by a diffusers ``UNet2DConditionModel`` the way SD is, so that it has SD's failure modes
 (inputs off its training distribution, classifier-free guidance) while its modes are still known.
 
-* Data: catalogue renders (:meth:`~msd3d.priors.catalogue.Family.render`, flat albedo) of every
-  family and variant at random cameras in the trainer's ranges (:class:`~msd3d.render.cameras.CameraConfig`),
-  as pixels in [-1, 1] at ``render_size``.
+* Data: catalogue renders (:meth:`~msd3d.priors.catalogue.Family.render`) of every family and
+  variant at random cameras in the trainer's ranges (:class:`~msd3d.render.cameras.CameraConfig`),
+  each in one of the trainer's shading modes (albedo, or lambertian / textureless under a light drawn
+  as the trainer draws it), as pixels in [-1, 1] at ``render_size``. The prompt does not name the
+  shading, so like Stable Diffusion the prior holds every look of a prompt and a render is pulled
+  towards the nearest one.
 * Text: a word-level "text encoder" (:class:`WordTokenizer` + :class:`WordEncoder`): each known word
   (family names and synonyms, the variants' attribute words of :mod:`msd3d.priors.prompt_attributes`,
   DreamFusion's view words) is one learned token embedding, read by the UNet's cross-attention like
   CLIP tokens. Training prompts are "a [attribute words] <family>, <view> view", with a random subset
   of the variant's attribute words (none: the family's mixture) and the prompt dropped to "" with
   probability ``cond_dropout`` so that classifier-free guidance works.
-* Noise: SD's scaled-linear DDPM schedule (1000 steps, beta 0.00085 .. 0.012), epsilon-prediction.
+* Noise: SD's scaled-linear DDPM schedule (1000 steps, beta 0.00085 .. 0.012), epsilon-prediction,
+  min-SNR-gamma loss weighting (Hang et al. 2023: faster convergence for a small budget) and an
+  exponential moving average of the weights, which is what is saved.
 * Prior interface: the trained components go through :meth:`StableDiffusionPrior.from_components`
   with an identity "VAE" (:class:`PixelVAE`: data = 2 * image - 1), so sigma -> timestep mapping,
   the VP/VE conversion, CFG batching and prompt caching are SD's own code.
@@ -151,6 +156,14 @@ class LearnedPriorTrainConfig:
     steps: int = 2000
     batch: int = 32
     lr: float = 3e-4
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up."""
+    ema_decay: float = 0.999
+    """Decay of the weights' exponential moving average (saved instead of the raw weights); 0 = off."""
+    min_snr_gamma: float = 5.0
+    """Loss weight ``min(SNR, gamma) / SNR`` per sample (epsilon-prediction); 0 = plain MSE."""
+    shading_probs: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    """Share of albedo, lambertian and textureless renders in the data (the trainer draws all three)."""
     cond_dropout: float = 0.1
     max_attributes: int = 2
     """Training prompts carry 0 .. this many of the variant's attribute words."""
@@ -163,6 +176,12 @@ class LearnedPriorTrainConfig:
             raise ValueError("render_size must be at least 8 and divisible by the UNet's downsampling")
         if self.steps < 1 or self.batch < 1 or self.views_per_variant < 1 or self.lr <= 0:
             raise ValueError("steps, batch, views_per_variant and lr must be positive")
+        if len(self.shading_probs) != 3 or min(self.shading_probs) < 0 or abs(sum(self.shading_probs) - 1) > 1e-6:
+            raise ValueError(
+                "shading_probs must be three non-negative shares (albedo, lambertian, textureless) summing to 1"
+            )
+        if not 0 <= self.ema_decay < 1 or self.min_snr_gamma < 0 or self.warmup_steps < 0:
+            raise ValueError("ema_decay must be in [0, 1); min_snr_gamma and warmup_steps non-negative")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError("cond_dropout must be in [0, 1)")
         unknown = [f for f in self.families if f not in CATALOGUE]
@@ -194,6 +213,7 @@ class LearnedCataloguePrior(StableDiffusionPrior):
 
     catalogue_families: tuple[str, ...] = ()
     metadata: dict[str, Any] = {}
+    train_config: LearnedPriorTrainConfig | None = None
 
     def validate_prompt(self, prompt: str) -> None:
         family = match_family(prompt)
@@ -209,6 +229,12 @@ class LearnedCataloguePrior(StableDiffusionPrior):
         from msd3d.priors.oracle import score_renders
 
         return score_renders(renders, cameras, match_family(prompt))
+
+    def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
+        """The exported mesh against the nearest variant's true surface, as for the oracle."""
+        from msd3d.scoring.geometry import score_mesh_against_family
+
+        return score_mesh_against_family(mesh, match_family(prompt))
 
 
 def build_components(config: LearnedPriorTrainConfig, vocabulary: Sequence[str]) -> dict[str, Any]:
@@ -237,6 +263,7 @@ def prior_from_components(
     prior = LearnedCataloguePrior.from_components(config=sd_config, device=device, **components)
     prior.catalogue_families = tuple(config.families) or tuple(CATALOGUE)
     prior.metadata = dict(metadata or {})
+    prior.train_config = config
     return prior
 
 
@@ -266,7 +293,7 @@ def save_learned_prior(path: Path | str, components: Mapping[str, Any], config: 
 def _config_from_dict(data: Mapping[str, Any]) -> LearnedPriorTrainConfig:
     known = {f.name for f in fields(LearnedPriorTrainConfig)}
     kwargs = {k: v for k, v in data.items() if k in known and k != "camera"}
-    for key in ("block_out_channels", "families"):
+    for key in ("block_out_channels", "families", "shading_probs"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
     cam = data.get("camera") or {}
@@ -276,7 +303,7 @@ def _config_from_dict(data: Mapping[str, Any]) -> LearnedPriorTrainConfig:
 
 def build_learned_prior(config: LearnedPriorConfig, device: str | torch.device = "cpu") -> LearnedCataloguePrior:
     """The registry's factory for ``prior.name: learned``: the UNet at ``config.weights``."""
-    return load_learned_prior(config.weights, device=device, config=config)
+    return load_learned_prior(config.weights_path(), device=device, config=config)
 
 
 def load_learned_prior(
@@ -325,24 +352,37 @@ def training_prompt(family: Family, variant: int, view: str, rng: random.Random,
 
 
 def render_dataset(config: LearnedPriorTrainConfig, on_family: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Renders of every variant at random training cameras: images (N, 3, R, R) in [-1, 1] and,
-    per image, its family, variant index and view name."""
+    """Renders of every variant at random training cameras, each in a shading mode drawn from
+    ``shading_probs`` (lights drawn as the trainer draws them): images (N, 3, R, R) in [-1, 1] and,
+    per image, its family, variant index, view name and shading."""
+    from msd3d.render.shading import ShadingConfig, sample_light_positions
+
     gen = torch.Generator().manual_seed(config.seed)
     names = list(config.families) or list(CATALOGUE)
-    images, fams, variants, views = [], [], [], []
+    modes = ("albedo", "lambertian", "textureless")
+    probs = torch.tensor(config.shading_probs, dtype=torch.float64)
+    images, fams, variants, views, shadings = [], [], [], [], []
     cam_cfg = CameraConfig(**{**asdict(config.camera), "batch_size": config.views_per_variant})
     for name in names:
         family = CATALOGUE[name]
         for v in range(len(family)):
             cams = sample_cameras(cam_cfg, config.render_size, generator=gen)
-            img = family.render(cams, variants=[v], supersample=2)[:, 0]  # (n, 3, R, R) in [0, 1]
+            lights = sample_light_positions(cams, ShadingConfig(), generator=gen)
+            mode_of = torch.multinomial(probs, len(cams), replacement=True, generator=gen)
+            img = torch.empty(len(cams), 3, config.render_size, config.render_size)
+            for m, mode in enumerate(modes):
+                rows = (mode_of == m).nonzero().flatten()
+                if len(rows):
+                    look = {} if mode == "albedo" else {"shading": mode, "light_positions": lights[rows]}
+                    img[rows] = family.render(cams[rows], variants=[v], supersample=2, **look)[:, 0]
             images.append(img * 2 - 1)
             fams += [name] * len(cams)
             variants += [v] * len(cams)
             views += [view_name(float(e), float(a)) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())]
+            shadings += [modes[m] for m in mode_of.tolist()]
         if on_family is not None:
             on_family(name)
-    return {"images": torch.cat(images), "family": fams, "variant": variants, "view": views}
+    return {"images": torch.cat(images), "family": fams, "variant": variants, "view": views, "shading": shadings}
 
 
 def train_learned_prior(
@@ -352,10 +392,12 @@ def train_learned_prior(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the UNet and word embeddings with SD's objective; returns (components, metadata).
 
-    Loss: ``|eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t, text)|^2`` with ``t`` uniform on
-    SD's 1000 scaled-linear steps. The metadata holds steps, wall time and the loss by sigma band.
+    Loss: ``w(t) |eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t, text)|^2`` with ``t`` uniform on
+    SD's 1000 scaled-linear steps and ``w = min(SNR, gamma) / SNR``. The returned UNet and encoder hold
+    the weights' moving average. The metadata holds steps, wall time and the (unweighted) loss by sigma band.
     """
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
 
     config.validate()
     t0 = time.perf_counter()
@@ -368,6 +410,9 @@ def train_learned_prior(
     alphas = ddpm.alphas_cumprod.float()
     params = list(unet.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)))
+    ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=0.75) if config.ema_decay else None
+    snr = alphas / (1 - alphas)
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed + 1)
     n = data["images"].shape[0]
@@ -396,10 +441,15 @@ def train_learned_prior(
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         pred = unet(xt, t, encoder_hidden_states=text, return_dict=False)[0]
         per_sample = (pred - eps).pow(2).flatten(1).mean(1)
-        loss = per_sample.mean()
+        gamma = config.min_snr_gamma
+        weight = snr[t].clamp(max=gamma) / snr[t] if gamma else torch.ones_like(per_sample)
+        loss = (weight * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        warmup.step()
+        if ema is not None:
+            ema.step(params)
         loss_value = float(loss.detach())
         steps_run = step + 1
         if step >= config.steps // 2:  # loss by sigma over the second half of training
@@ -412,10 +462,13 @@ def train_learned_prior(
             on_step(step, loss_value)
         if time.perf_counter() - t0 > config.max_seconds:
             break
+    if ema is not None:
+        ema.copy_to(params)
     unet.eval()
     encoder.eval()
     metadata = {
         "images": n,
+        "shading_counts": {m: data["shading"].count(m) for m in ("albedo", "lambertian", "textureless")},
         "families": list(config.families) or list(CATALOGUE),
         "render_seconds": round(render_seconds, 1),
         "train_seconds": round(time.perf_counter() - t_train, 1),
@@ -433,19 +486,29 @@ def train_learned_prior(
 @torch.no_grad()
 def sample_quality(
     prior: StableDiffusionPrior, config: LearnedPriorTrainConfig, prompts_per_family: int = 4,
-    steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+    steps: int = 20, guidance_scale: float = 3.0, seed: int = 0, grid_png: Path | None = None,
 ) -> dict[str, dict[str, float]]:
-    """DDIM samples of "a <family>" at random training cameras versus the family's variants at the
-    same camera: mean mode PSNR (to the nearest variant) and blend PSNR (to their average), per family."""
+    """DDIM samples of "a <family>, <view> view" at random training cameras versus the family's
+    variants at the same camera, per family: mode PSNR (to the nearest variant in the nearest look:
+    albedo, or lambertian / textureless lit from the camera), blend PSNR (to the variants' average in
+    that look) and the share of samples whose nearest look is albedo. With ``grid_png``, also writes
+    an image: per family, a row of samples above a row of their nearest variants (4x upscaled)."""
     from msd3d.priors.oracle import psnr_from_mse
+    from msd3d.render.shading import default_light_positions
 
     gen = torch.Generator().manual_seed(seed)
     cam_cfg = CameraConfig(**{**asdict(config.camera), "batch_size": prompts_per_family})
     out: dict[str, dict[str, float]] = {}
+    rows_png: list[Tensor] = []
     for name in list(config.families) or list(CATALOGUE):
         family = CATALOGUE[name]
         cams = sample_cameras(cam_cfg, config.render_size, generator=gen)
-        variants = family.render(cams, supersample=2)  # (B, V, 3, R, R) in [0, 1]
+        lights = default_light_positions(cams)
+        looks = [family.render(cams, supersample=2)] + [
+            family.render(cams, supersample=2, shading=mode, light_positions=lights)
+            for mode in ("lambertian", "textureless")
+        ]
+        variants = torch.stack(looks, 1)  # (B, looks, V, 3, R, R) in [0, 1]
         prompts = [f"a {name}, {view_name(float(e), float(a))} view"
                    for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())]
         cond = prior.condition(prompts)
@@ -454,14 +517,34 @@ def sample_quality(
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):
             d = prior.denoise(z, s, cond, guidance_scale)
             z = d + (s_next / s) * (z - d)
-        images = prior.decode(z)[:, None]  # (B, 1, 3, R, R)
-        per_variant = (images - variants).pow(2).mean(dim=(2, 3, 4))  # (B, V)
-        blend = (images[:, 0] - variants.mean(1)).pow(2).mean(dim=(1, 2, 3))
+        images = prior.decode(z)[:, None, None]  # (B, 1, 1, 3, R, R)
+        per_variant = (images - variants).pow(2).mean(dim=(3, 4, 5))  # (B, looks, V)
+        best_per_look = per_variant.min(2).values  # (B, looks)
+        look = best_per_look.argmin(1)  # (B,)
+        rows = torch.arange(len(prompts))
+        blend = (images[:, 0, 0] - variants.mean(2)[rows, look]).pow(2).mean(dim=(1, 2, 3))
+        nearest = variants[rows, look, per_variant[rows, look].argmin(1)]  # (B, 3, R, R)
+        rows_png += [torch.cat(list(images[:, 0, 0].clamp(0, 1)), -1), torch.cat(list(nearest), -1)]
         out[name] = {
-            "mode_psnr": sum(psnr_from_mse(float(m)) for m in per_variant.min(1).values) / len(prompts),
+            "mode_psnr": sum(psnr_from_mse(float(m)) for m in best_per_look.min(1).values) / len(prompts),
             "blend_psnr": sum(psnr_from_mse(float(m)) for m in blend) / len(prompts),
+            "albedo_share": float((look == 0).float().mean()),
         }
+    if grid_png is not None:
+        _write_png(torch.cat(rows_png, -2), Path(grid_png), scale=4)
     return out
+
+
+def _write_png(image: Tensor, path: Path, scale: int = 1) -> None:
+    """(3, H, W) in [0, 1] -> an 8-bit PNG at ``path`` (nearest-neighbour upscaled), written atomically."""
+    from PIL import Image
+
+    from msd3d.atomic_io import atomic_path
+
+    pixels = image.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    array = (pixels.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def preferred_variant(prior: StableDiffusionPrior, prompt: str, family: Family, cameras: Any,
