@@ -122,3 +122,31 @@ def test_training_data_holds_the_trainers_shading_modes():
     assert (img[coloured].amax(1) - img[coloured].amin(1)).max() > 0.2
     with pytest.raises(ValueError, match="shading_probs"):
         LearnedPriorTrainConfig(shading_probs=(0.5, 0.5, 0.5)).validate()
+
+
+def test_the_shipped_prior_loads_by_default_and_reads_attribute_words():
+    """``prior.name: learned`` with no weights loads the trained prior shipped in the package (<= 25 MB,
+    model card beside it); its CFG changes the output and colour words move it to the named variant."""
+    from msd3d.priors.catalogue import CATALOGUE
+    from msd3d.priors.learned_catalogue_config import SHIPPED_WEIGHTS
+    from msd3d.render.cameras import turntable_cameras
+
+    assert SHIPPED_WEIGHTS.is_file() and SHIPPED_WEIGHTS.stat().st_size <= 25e6
+    card = SHIPPED_WEIGHTS.parent / "MODEL_CARD.md"
+    assert "Reproduce" in card.read_text() and (SHIPPED_WEIGHTS.parent / "samples.png").is_file()
+    prior = build_prior(PriorConfig(name="learned"))
+    assert set(prior.catalogue_families) == set(CATALOGUE) and prior.train_config.render_size == 32
+    family = CATALOGUE["mushroom"]
+    cams = turntable_cameras(2, 32)
+
+    def share(prompt: str) -> torch.Tensor:  # (3,) over fly_agaric, porcini, purple_cone
+        return sum(preferred_variant(prior, prompt, family, cams[i : i + 1], samples=16, seed=i) for i in range(2)) / 2
+
+    red, purple = share("a red mushroom"), share("a purple mushroom")
+    assert family.variant_names == ["fly_agaric", "porcini", "purple_cone"]
+    assert red[0] > 0.5 and red[0] > purple[0] + 0.2  # "red" -> the red fly agaric
+    assert purple[2] > red[2] + 0.2  # "purple" -> the purple cone
+    x = prior.encode(family.render(cams[:1], variants=[0])[:, 0])
+    cond = prior.condition(["a red mushroom, front view"])
+    z = x + 1.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert (prior.denoise(z, 1.0, cond, guidance_scale=7.5) - prior.denoise(z, 1.0, cond, 1.0)).abs().mean() > 1e-3

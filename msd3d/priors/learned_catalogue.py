@@ -560,6 +560,38 @@ def preferred_variant(prior: StableDiffusionPrior, prompt: str, family: Family, 
     return torch.bincount(nearest, minlength=len(family)).float() / samples
 
 
+def attribute_prompts(family: Family, words: int = 2) -> list[str]:
+    """Per variant, "a <up to ``words`` of its own attribute words> <family>" (words no other variant has)."""
+    attrs = variant_attributes(family)
+    prompts = []
+    for v, own in enumerate(attrs):
+        others = set().union(*(a for i, a in enumerate(attrs) if i != v))
+        unique = sorted(own - others) or sorted(own)
+        prompts.append(f"a {' '.join(unique[:words])} {family.name}")
+    return prompts
+
+
+@torch.no_grad()
+def attribute_preference(prior: StableDiffusionPrior, families: Sequence[str], views: int = 2, samples: int = 16,
+                         guidance_scale: float = 3.0) -> dict[str, dict[str, Any]]:
+    """Per family: for each variant's attribute prompt (:func:`attribute_prompts`), the share of
+    :func:`preferred_variant` on that variant (chance: 1 / variants), over ``views`` turntable cameras."""
+    from msd3d.render.cameras import turntable_cameras
+
+    size = prior.train_config.render_size if getattr(prior, "train_config", None) else 32
+    cams = turntable_cameras(views, size)
+    out: dict[str, dict[str, Any]] = {}
+    for name in families:
+        family = CATALOGUE[name]
+        hits = {}
+        for v, prompt in enumerate(attribute_prompts(family)):
+            shares = [preferred_variant(prior, prompt, family, cams[i : i + 1], samples=samples,
+                                        guidance_scale=guidance_scale, seed=i) for i in range(views)]
+            hits[prompt] = float(torch.stack(shares).mean(0)[v])
+        out[name] = {"prompts": hits, "mean_share": sum(hits.values()) / len(hits), "chance": 1 / len(family)}
+    return out
+
+
 __all__ = [
     "LearnedCataloguePrior",
     "LearnedPriorConfig",
@@ -567,6 +599,8 @@ __all__ = [
     "PixelVAE",
     "WordEncoder",
     "WordTokenizer",
+    "attribute_preference",
+    "attribute_prompts",
     "catalogue_vocabulary",
     "load_learned_prior",
     "preferred_variant",

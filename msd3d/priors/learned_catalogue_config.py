@@ -9,7 +9,7 @@ from pathlib import Path
 from msd3d.validation import check_choice, join
 
 #: The prior trained by ``scripts/train_learned_prior.py`` that ships with the package (model card beside it).
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "learned_catalogue.safetensors"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "learned_prior.safetensors"
 
 
 @dataclass
@@ -18,7 +18,7 @@ class LearnedPriorConfig:
 
     weights: str = ""
     """Path of a safetensors file written by ``scripts/train_learned_prior.py``; empty = the one that
-    ships with the package (``msd3d/priors/weights/learned_catalogue.safetensors``, see its MODEL_CARD.md)."""
+    ships with the package (``msd3d/priors/weights/learned_prior.safetensors``, see its MODEL_CARD.md)."""
     timestep_mapping: str = "interp"
     """sigma -> UNet timestep, as ``prior.sd.timestep_mapping``."""
 
