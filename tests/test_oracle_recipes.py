@@ -184,3 +184,17 @@ def test_learned_prior_bench_runs_the_sd_guidance_on_the_oracle_scene(tmp_path):
     assert sds.guidance.sds.t_min == sd["sds"].guidance.sds.t_min
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "msd-nonsense"])
+
+
+def test_learned_recipe_is_the_oracle_scene_with_the_sd_guidance():
+    """configs/msd-learned.yaml = msd-oracle.yaml's scene + msd-sd.yaml's guidance, so it runs (and the
+    learned-prior bench measures) exactly the Stable Diffusion defaults."""
+    from msd3d.config import load_config, recipe_dir
+
+    learned = load_config(resolve_recipe(None, prior="learned"))
+    oracle = load_config(recipe_dir() / "msd-oracle.yaml")
+    sd = load_config(recipe_dir() / "msd-sd.yaml")
+    assert learned.prior.name == "learned" and learned.prior.learned.weights == ""
+    assert learned.guidance == sd.guidance
+    for section in ("field", "render", "shading", "regularisers", "camera", "background", "train", "mesh", "video"):
+        assert getattr(learned, section) == getattr(oracle, section), section
