@@ -163,9 +163,16 @@ def test_auto_level_meshes_the_silhouette_the_renders_show(peak):
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if grazing_opacity(mid) > 0.5 else (lo, mid)
-    mesh = extract_mesh(field, MeshExportConfig(resolution=64))
-    radius = np.linalg.norm(mesh.vertices, axis=1).mean()
-    assert radius == pytest.approx(lo, abs=0.5 * 2.0 / 63)  # within half a grid cell
+    half_cell = 0.5 * 2.0 / 63
+    silhouette = extract_mesh(field, MeshExportConfig(resolution=64, fringe_transmittance=1.0))
+    assert np.linalg.norm(silhouette.vertices, axis=1).mean() == pytest.approx(lo, abs=half_cell)
+    # the default also carves the see-through fringe: nothing at the dense scale, and at the faint
+    # one (optical depth 10 per unit) a skin of optical depth -ln 0.8 ~ 0.22, about 0.02 thick
+    radius = np.linalg.norm(extract_mesh(field, MeshExportConfig(resolution=64)).vertices, axis=1).mean()
+    if peak > 1000:
+        assert radius == pytest.approx(lo, abs=half_cell)
+    else:
+        assert lo - 0.03 < radius < lo - 0.01
     assert resolve_threshold(7.5, None, 1.0) == 7.5
 
 
@@ -203,6 +210,7 @@ def test_auto_level_keeps_a_thin_low_density_part_attached():
     assert 0.5 * level <= resolve_threshold("auto", grid, 1.0) < level
     mesh = extract_mesh(joined, MeshExportConfig(resolution=40))
     assert len(mesh.split(only_watertight=False)) == 1
+    assert mesh.metadata["msd3d"]["fringe_optical_depth"] == 0.0  # the faint rod is all fringe: not carved
     assert 0.6 < -mesh.bounds[0][0] < 0.8 and 0.6 < mesh.bounds[1][0] < 0.8  # both balls, whole
 
     apart = density_grid(Dumbbell(rod_peak=1.2), 40)  # the rod too faint to be part of the object
@@ -210,6 +218,55 @@ def test_auto_level_keeps_a_thin_low_density_part_attached():
     assert connecting_level(apart, level) == level
     ball = density_grid(sphere_field(), 24)
     assert connecting_level(ball, 50.0) == 50.0
+
+
+class FringedDisc:
+    """A flat disc (radius 0.4, core half-height 0.08, density 40) with a sharp side wall, padded above
+    and below by soft density falling linearly to 0 over 0.04: what a trained field puts on the top
+    and bottom faces that no training camera sees edge-on."""
+
+    bound = 1.0
+
+    def density(self, points):
+        side = torch.sigmoid(-(points[..., :2].norm(dim=-1) - 0.4) / 0.01)
+        vertical = (1.0 - (points[..., 2].abs() - 0.08) / 0.04).clamp(0.0, 1.0)
+        return 40.0 * side * vertical
+
+    def albedo(self, points):
+        return _albedo(points)
+
+
+def test_see_through_depth_closed_form():
+    """Uniform density 2: the depth to each grid point is 2 x the distance to the nearest face of the
+    grid's cells (the box's faces lie half a cell outside the outer grid points)."""
+    from msd3d.export.mesh import see_through_depth
+
+    r = 21
+    spacing = 2.0 / (r - 1)
+    depth = see_through_depth(np.full((r, r, r), 2.0, np.float32), 1.0)
+    i = np.arange(r)
+    steps = np.minimum(i, r - 1 - i)  # grid steps to the nearest outer grid point, per axis
+    nearest = np.minimum(np.minimum(steps[:, None, None], steps[None, :, None]), steps[None, None, :])
+    np.testing.assert_allclose(depth, 2.0 * spacing * (nearest + 0.5), rtol=1e-5)
+
+
+def test_auto_surface_carves_the_see_through_fringe_of_top_and_bottom():
+    """Soft padding on the top and bottom clears the silhouette level; the "auto" surface ends where
+    light from above / below reaches the padding with transmittance 0.8 (closed form: the optical depth
+    from outside, 500 (0.12 - z)^2, equals -ln 0.8 at z = 0.0989), and the side wall stays put."""
+    field = FringedDisc()
+    cell = 2.0 / 95
+    carved = extract_mesh(field, MeshExportConfig(resolution=96))
+    padded = extract_mesh(field, MeshExportConfig(resolution=96, fringe_transmittance=1.0))  # the old rule
+    z_star = 0.12 - math.sqrt(-math.log(0.8) / 500.0)
+    assert carved.bounds[1][2] == pytest.approx(z_star, abs=0.5 * cell)
+    assert -carved.bounds[0][2] == pytest.approx(z_star, abs=0.5 * cell)
+    assert padded.bounds[1][2] > z_star + 0.5 * cell  # the padding that made meshes ~10 % too tall
+    assert carved.extents[0] == pytest.approx(padded.extents[0], abs=cell)  # the sharp side wall: unchanged
+    assert carved.metadata["msd3d"]["fringe_optical_depth"] == pytest.approx(-math.log(0.8))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fringe_transmittance"):
+            MeshExportConfig(fringe_transmittance=bad).validate()
 
 
 def test_cavities_are_filled_no_inner_shell():

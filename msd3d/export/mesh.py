@@ -2,9 +2,9 @@
 
 Pipeline (``extract_mesh``): sample ``field.density`` on a regular grid over ``[-bound, bound]^3``
 → choose the iso-level (a number, or "auto": the level whose silhouettes match where the field
-renders at least half opaque, ``surface_level``, lowered where needed to keep thin parts attached,
-``connecting_level``) → fill enclosed low-density pockets (no inner
-shells) → marching cubes → drop floaters (small connected components) → optional
+renders at least half opaque, ``surface_level``, with the see-through fringe carved away,
+``surface_field``, lowered where needed to keep thin parts attached, ``connecting_level``) → fill
+enclosed low-density pockets (no inner shells) → marching cubes → drop floaters (small connected components) → optional
 quadric decimation to a face budget → colour from ``field.albedo`` (per-vertex RGBA, or a baked
 texture, see ``msd3d.export.texture``).
 
@@ -49,6 +49,9 @@ __all__ = [
     "ray_opacity_and_peak",
     "surface_level",
     "connecting_level",
+    "sizeable_pieces",
+    "see_through_depth",
+    "surface_field",
     "resolve_threshold",
     "fill_cavities",
     "marching_cubes",
@@ -94,7 +97,13 @@ class MeshExportConfig:
     """Density iso-level: a positive number, or "auto" = the level whose silhouettes over a ring of
     views best match where the field renders at least half opaque (``surface_level``), so the mesh
     is the surface the renders show whatever the field's density scale; lowered (at most to half)
-    where that level splits the object into sizeable pieces (``connecting_level``)."""
+    where that level splits the object into sizeable pieces (``connecting_level``). "auto" also
+    carves away the see-through fringe (``fringe_transmittance``)."""
+    fringe_transmittance: float = 0.8
+    """With ``threshold="auto"``: grid points that light from outside the box reaches along an axis
+    with at least this transmittance are empty space, whatever their density (``surface_field``).
+    This removes the soft density that pads faces no training view sees edge-on (tops and bottoms);
+    1 turns it off."""
     keep_components: int = 0
     """Keep at most this many connected components, largest first (by face count); 0 = no limit."""
     min_component_fraction: float = 0.02
@@ -129,6 +138,10 @@ class MeshExportConfig:
                     raise ValueError(message) from None
         if self.threshold != "auto" and not float(self.threshold) > 0:
             raise ValueError(f"mesh.threshold must be positive (densities are >= 0), got {self.threshold}")
+        if not 0.0 < self.fringe_transmittance <= 1.0:
+            raise ValueError(
+                f"mesh.fringe_transmittance must lie in (0, 1] (1 turns it off), got {self.fringe_transmittance}"
+            )
         if self.keep_components < 0:
             raise ValueError("mesh.keep_components must be >= 0 (0 keeps all)")
         if not 0.0 <= self.min_component_fraction < 1.0:
@@ -272,6 +285,20 @@ def surface_level(
     return float(np.sqrt(levels[best[0]] * levels[best[-1]]))
 
 
+def sizeable_pieces(
+    grid: np.ndarray, level: float, piece_fraction: float = CONNECT_PIECE_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """The face-connected regions of ``grid > level``: (labels (R, R, R), the labels of those holding
+    at least ``piece_fraction`` of the solid voxels)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(grid > level)
+    if count == 0:
+        return labels, np.zeros(0, np.int64)
+    sizes = np.bincount(labels.ravel())[1:]  # (count,)
+    return labels, np.flatnonzero(sizes >= piece_fraction * sizes.sum()) + 1
+
+
 def connecting_level(
     grid: np.ndarray,
     level: float,
@@ -292,11 +319,7 @@ def connecting_level(
     """
     from scipy import ndimage
 
-    labels, count = ndimage.label(grid > level)
-    if count <= 1:
-        return float(level)
-    sizes = np.bincount(labels.ravel())[1:]  # (count,)
-    pieces = np.flatnonzero(sizes >= piece_fraction * sizes.sum()) + 1
+    labels, pieces = sizeable_pieces(grid, level, piece_fraction)
     if len(pieces) <= 1:
         return float(level)
     seeds = [np.unravel_index(int(np.argmax(labels == piece)), labels.shape) for piece in pieces]
@@ -308,11 +331,67 @@ def connecting_level(
 
 
 def resolve_threshold(threshold: Any, grid: np.ndarray, bound: float) -> float:
-    """The numeric iso-level: the number given, or for "auto" ``surface_level`` lowered by
-    ``connecting_level`` just enough to keep thin parts attached."""
+    """The numeric density iso-level: the number given, or for "auto" ``surface_level`` lowered by
+    ``connecting_level`` just enough to keep thin parts attached (without the fringe carving of
+    ``surface_field``)."""
     if threshold == "auto":
         return connecting_level(grid, surface_level(grid, bound))
     return float(threshold)
+
+
+def see_through_depth(grid: np.ndarray, bound: float) -> np.ndarray:
+    """Per grid point, the least optical depth between it and the box's faces along the 6 axis
+    directions: ``min`` over ±x, ±y, ±z of ``sum(sigma * spacing)`` from the face to the point
+    (the point's own cell counts half). grid: (R, R, R) densities → (R, R, R) float32.
+
+    ``exp(-depth)`` is the transmittance with which light from outside reaches the point along the
+    clearest axis: near 1 in empty space and in a soft fringe, near 0 inside the solid.
+    """
+    spacing = 2.0 * bound / (grid.shape[0] - 1)
+    depth = np.full(grid.shape, np.inf, np.float32)
+    half = 0.5 * spacing * grid
+    for axis in range(3):
+        from_low = np.cumsum(grid, axis=axis, dtype=np.float32) * spacing  # (R, R, R) up to each point
+        total = np.take(from_low, [-1], axis=axis)  # the whole line
+        np.minimum(depth, from_low - half, out=depth)
+        np.minimum(depth, total - from_low + half, out=depth)
+    return depth
+
+
+def surface_field(
+    grid: np.ndarray, bound: float, fringe_transmittance: float = 0.8
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The "auto" surface as a level set: a field that crosses 1 where the mesh goes, and the level
+    to mesh it at (1, or lower to keep thin parts attached).
+
+    Two conditions make a grid point solid: its density exceeds the silhouette level
+    (``surface_level``: the mesh's silhouettes match where the renders are opaque), and it is not in
+    the see-through fringe, i.e. light from outside does not reach it along an axis with
+    transmittance ``fringe_transmittance`` or more (``see_through_depth``). The second matters on
+    faces that training cameras, all above the object's base and at most ~45° up, only ever see at a
+    slant (tops and bottoms): the renders there fix the colour but barely the depth, and the field
+    pads them with soft density that clears the silhouette level, a mesh about one 32-pixel training
+    pixel too tall. The field is ``min(density / level, depth / -ln(fringe_transmittance))``;
+    ``connecting_level`` then lowers its level (so both conditions relax together) where the
+    object would fall apart into sizeable pieces; where carving would still split the object into
+    more pieces than the density alone, the carving is dropped. Returns (field (R, R, R) float32,
+    info) with info ``threshold`` (the density iso-level used), ``fringe_optical_depth`` (0: no
+    carving) and ``level``.
+    """
+    density_level = surface_level(grid, bound)
+    if not density_level > 0:
+        return grid, {"threshold": float(density_level), "fringe_optical_depth": 0.0, "level": float(density_level)}
+    scaled = (grid / np.float32(density_level)).astype(np.float32, copy=False)
+    optical_depth = -float(np.log(fringe_transmittance))
+    level = connecting_level(scaled, 1.0)
+    if optical_depth > 0:
+        carved = np.minimum(scaled, see_through_depth(grid, bound) / np.float32(optical_depth))
+        carved_level = connecting_level(carved, 1.0)
+        # carving never splits what the density alone keeps whole (a faint, thin rod is all fringe)
+        if len(sizeable_pieces(carved, carved_level)[1]) <= len(sizeable_pieces(scaled, level)[1]):
+            info = {"threshold": carved_level * float(density_level), "level": carved_level}
+            return carved, {**info, "fringe_optical_depth": carved_level * optical_depth}
+    return scaled, {"threshold": level * float(density_level), "level": level, "fringe_optical_depth": 0.0}
 
 
 def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
@@ -454,7 +533,12 @@ def extract_mesh(
 
     grid = density_grid(field, config.resolution, config.chunk_size, device)
     max_density = float(grid.max())
-    level = resolve_threshold(config.threshold, grid, bound)
+    if config.threshold == "auto":
+        surface, info = surface_field(grid, bound, config.fringe_transmittance)
+        level, iso = info["threshold"], info["level"]
+    else:
+        level = iso = float(config.threshold)
+        surface, info = grid, {}
     if not max_density > level or level <= 0.0:
         raise Msd3dError(
             f"no surface found at threshold {level:.4g} (max density {max_density:.4g}); "
@@ -465,9 +549,14 @@ def extract_mesh(
             f"density exceeds threshold {level:.4g} everywhere in the box (min density {float(grid.min()):.4g}); "
             "raise --threshold (mesh.threshold)"
         )
+    if not float(surface.max()) > iso:
+        raise Msd3dError(
+            f"no surface found: all density above threshold {level:.4g} is see-through fringe; "
+            "set mesh.fringe_transmittance: 1 or pass --threshold"
+        )
 
-    grid = fill_cavities(grid, level)
-    vertices, faces = marching_cubes(grid, level, bound)
+    surface = fill_cavities(surface, iso)
+    vertices, faces = marching_cubes(surface, iso, bound)
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     mesh = keep_largest_components(mesh, config.keep_components, config.min_component_fraction)
     face_budget = config.decimate_faces
@@ -485,6 +574,7 @@ def extract_mesh(
     mesh.metadata["msd3d"] = {
         "resolution": int(config.resolution),
         "threshold": level,
+        **({"fringe_optical_depth": info["fringe_optical_depth"]} if info else {}),
         "max_density": max_density,
         "bound": bound,
         "up_axis": "+z",
