@@ -152,6 +152,7 @@ def test_export_rejects_bad_options(run_dir, tmp_path):
         (["--format", "fbx"], "--format 'fbx'"),
         (["--threshold", "-3"], "--threshold must be positive"),
         (["--resolution", "4"], "mesh.resolution must be at least 8"),
+        (["--fringe-transmittance", "0"], "mesh.fringe_transmittance must lie in (0, 1]"),
         (["--stem", "a/b"], "--stem"),
     ):
         result = invoke("export", run_dir, "--out", tmp_path, *args)

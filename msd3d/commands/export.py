@@ -67,6 +67,10 @@ def export(
     threshold: Optional[str] = typer.Option(
         None, help='Density iso-level: "auto" or a positive number (mesh.threshold).'
     ),
+    fringe_transmittance: Optional[float] = typer.Option(
+        None, help="With --threshold auto: carve points light reaches with this transmittance; 1 = off "
+        "(mesh.fringe_transmittance).",
+    ),
     texture: Optional[bool] = typer.Option(
         None, "--texture/--no-texture", help="Bake a UV texture (xatlas) instead of vertex colours (mesh.texture)."
     ),
@@ -105,6 +109,7 @@ def export(
             "formats": tuple(chosen) if chosen else None,
             "resolution": resolution,
             "threshold": _threshold(threshold),
+            "fringe_transmittance": fringe_transmittance,
             "texture": texture,
             "texture_size": texture_size,
             "decimate_faces": decimate,
@@ -130,7 +135,8 @@ def export(
         typer.echo(
             f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces, {kind}; "
             f"step {step}, grid {mesh_config.resolution}^3, threshold "
-            f"{level:.4g}{' (auto)' if mesh_config.threshold == 'auto' else ''}; "
+            f"{level:.4g}{' (auto)' if mesh_config.threshold == 'auto' else ''}"
+            f"{'' if not info.get('fringe_optical_depth') else ', see-through fringe carved'}; "
             f"{time.perf_counter() - t0:.1f} s"
         )
         if config.prior.name == "oracle":  # the catalogue knows the true shapes: score the mesh against them
