@@ -107,3 +107,4 @@ def test_oracle_run_summary_holds_geometry_scores(tmp_path, tiny_run_overrides):
     assert 0 < geometry["chamfer"] < 1 and 0 <= geometry["fscore@0.05"] <= 1
     assert geometry["components"] >= 1 and isinstance(geometry["watertight"], bool)
     assert summary["mesh"]["threshold"] > 0 and "geometry" not in summary["mesh"]
+    assert summary["mesh"]["fringe_optical_depth"] >= 0.0  # what the auto surface carved (0: nothing)
