@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,26 @@ def test_oracle_run_summary_holds_geometry_scores(tmp_path, tiny_run_overrides):
     assert geometry["components"] >= 1 and isinstance(geometry["watertight"], bool)
     assert summary["mesh"]["threshold"] > 0 and "geometry" not in summary["mesh"]
     assert summary["mesh"]["fringe_optical_depth"] >= 0.0  # what the auto surface carved (0: nothing)
+
+
+def test_mesh_sections_script_draws_every_family(tiny_run_overrides, tmp_path):
+    """scripts/mesh_sections.py: one panel per family from a bench folder, written as a PNG."""
+    import importlib.util
+
+    from PIL import Image
+
+    from msd3d.config import load_config
+    from msd3d.workflows.text_to_3d import generate
+
+    config = load_config(None, tiny_run_overrides + ["export.video=false"],
+                         {"prompt": "a mushroom", "device": "cpu", "seed": 0, "train.steps": 2})
+    generate(config, tmp_path / "bench" / "mushroom-msd", show_progress=False, log=lambda _: None)
+    script = Path(__file__).parents[1] / "scripts" / "mesh_sections.py"
+    spec = importlib.util.spec_from_file_location("mesh_sections", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sections.png"
+    assert module.main([str(tmp_path / "bench"), "--families", "mushroom", "--out", str(out)]) == 0
+    width, height = Image.open(out).size
+    assert width > 100 and height > 100
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".png"] == ["sections.png"]
