@@ -26,7 +26,6 @@ from msd3d.export.mesh import (
     export_mesh,
     export_mesh_files,
     extract_mesh,
-    resolve_threshold,
     srgb_to_linear_u8,
 )
 from msd3d.export.texture import rasterize_uv
@@ -173,7 +172,6 @@ def test_auto_level_meshes_the_silhouette_the_renders_show(peak):
         assert radius == pytest.approx(lo, abs=half_cell)
     else:
         assert lo - 0.03 < radius < lo - 0.01
-    assert resolve_threshold(7.5, None, 1.0) == 7.5
 
 
 class Dumbbell:
@@ -207,7 +205,7 @@ def test_auto_level_keeps_a_thin_low_density_part_attached():
     grid = density_grid(joined, 40)
     level = surface_level(grid, 1.0)
     assert ndimage.label(grid > level)[1] == 2  # at the silhouette level the rod is gone
-    assert 0.5 * level <= resolve_threshold("auto", grid, 1.0) < level
+    assert 0.5 * level <= connecting_level(grid, level) < level
     mesh = extract_mesh(joined, MeshExportConfig(resolution=40))
     assert len(mesh.split(only_watertight=False)) == 1
     assert mesh.metadata["msd3d"]["fringe_optical_depth"] == 0.0  # the faint rod is all fringe: not carved

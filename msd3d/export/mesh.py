@@ -52,7 +52,6 @@ __all__ = [
     "sizeable_pieces",
     "see_through_depth",
     "surface_field",
-    "resolve_threshold",
     "fill_cavities",
     "marching_cubes",
     "keep_largest_components",
@@ -328,15 +327,6 @@ def connecting_level(
         if len({int(joined[seed]) for seed in seeds}) == 1:
             return float(lower)
     return float(level)
-
-
-def resolve_threshold(threshold: Any, grid: np.ndarray, bound: float) -> float:
-    """The numeric density iso-level: the number given, or for "auto" ``surface_level`` lowered by
-    ``connecting_level`` just enough to keep thin parts attached (without the fringe carving of
-    ``surface_field``)."""
-    if threshold == "auto":
-        return connecting_level(grid, surface_level(grid, bound))
-    return float(threshold)
 
 
 def see_through_depth(grid: np.ndarray, bound: float) -> np.ndarray:
