@@ -267,6 +267,25 @@ def test_auto_surface_carves_the_see_through_fringe_of_top_and_bottom():
             MeshExportConfig(fringe_transmittance=bad).validate()
 
 
+def test_a_faint_field_that_is_all_fringe_is_meshed_without_carving():
+    """A ball so faint (density 0.5) that light reaches its centre with transmittance > 0.8 is all
+    see-through fringe: the auto surface drops the carving and meshes the density level instead of
+    failing (the old rule's mesh)."""
+    class Faint:
+        bound = 1.0
+
+        def density(self, points):
+            return 0.5 * torch.sigmoid(-(points.norm(dim=-1) - 0.3) / 0.02)
+
+        def albedo(self, points):
+            return _albedo(points)
+
+    mesh = extract_mesh(Faint(), MeshExportConfig(resolution=48))
+    old = extract_mesh(Faint(), MeshExportConfig(resolution=48, fringe_transmittance=1.0))
+    assert mesh.metadata["msd3d"]["fringe_optical_depth"] == 0.0
+    np.testing.assert_allclose(mesh.bounds, old.bounds)
+
+
 def test_cavities_are_filled_no_inner_shell():
     """A hollow ball (dense shell around an empty core) exports as one closed outer surface."""
 

@@ -364,7 +364,7 @@ def surface_field(
     pixel too tall. The field is ``min(density / level, depth / -ln(fringe_transmittance))``;
     ``connecting_level`` then lowers its level (so both conditions relax together) where the
     object would fall apart into sizeable pieces; where carving would still split the object into
-    more pieces than the density alone, the carving is dropped. Returns (field (R, R, R) float32,
+    more pieces than the density alone, or leave nothing, the carving is dropped. Returns (field (R, R, R) float32,
     info) with info ``threshold`` (the density iso-level used), ``fringe_optical_depth`` (0: no
     carving) and ``level``.
     """
@@ -377,8 +377,10 @@ def surface_field(
     if optical_depth > 0:
         carved = np.minimum(scaled, see_through_depth(grid, bound) / np.float32(optical_depth))
         carved_level = connecting_level(carved, 1.0)
-        # carving never splits what the density alone keeps whole (a faint, thin rod is all fringe)
-        if len(sizeable_pieces(carved, carved_level)[1]) <= len(sizeable_pieces(scaled, level)[1]):
+        # carving never splits what the density alone keeps whole, nor removes everything (a faint,
+        # thin rod or a faint ball is all fringe)
+        carved_pieces = len(sizeable_pieces(carved, carved_level)[1])
+        if 0 < carved_pieces <= len(sizeable_pieces(scaled, level)[1]):
             info = {"threshold": carved_level * float(density_level), "level": carved_level}
             return carved, {**info, "fringe_optical_depth": carved_level * optical_depth}
     return scaled, {"threshold": level * float(density_level), "level": level, "fringe_optical_depth": 0.0}
@@ -538,11 +540,6 @@ def extract_mesh(
         raise Msd3dError(
             f"density exceeds threshold {level:.4g} everywhere in the box (min density {float(grid.min()):.4g}); "
             "raise --threshold (mesh.threshold)"
-        )
-    if not float(surface.max()) > iso:
-        raise Msd3dError(
-            f"no surface found: all density above threshold {level:.4g} is see-through fringe; "
-            "set mesh.fringe_transmittance: 1 or pass --threshold"
         )
 
     surface = fill_cavities(surface, iso)
