@@ -153,6 +153,7 @@ def test_export_rejects_bad_options(run_dir, tmp_path):
         (["--threshold", "-3"], "--threshold must be positive"),
         (["--resolution", "4"], "mesh.resolution must be at least 8"),
         (["--fringe-transmittance", "0"], "mesh.fringe_transmittance must lie in (0, 1]"),
+        (["--fringe-skin", "-0.1"], "mesh.fringe_skin must be >= 0"),
         (["--stem", "a/b"], "--stem"),
     ):
         result = invoke("export", run_dir, "--out", tmp_path, *args)

@@ -183,10 +183,13 @@ class Dumbbell:
         self.rod_peak = rod_peak
 
     def density(self, points):
-        balls = torch.minimum(
-            (points - torch.tensor([-0.4, 0.0, 0.0])).norm(dim=-1),
-            (points - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1),
-        ) - 0.25
+        balls = (
+            torch.minimum(
+                (points - torch.tensor([-0.4, 0.0, 0.0])).norm(dim=-1),
+                (points - torch.tensor([0.4, 0.0, 0.0])).norm(dim=-1),
+            )
+            - 0.25
+        )
         rod = torch.maximum(points[..., 1:].norm(dim=-1) - 0.05, points[..., 0].abs() - 0.4)
         return torch.maximum(40.0 * torch.sigmoid(-balls / 0.02), self.rod_peak * torch.sigmoid(-rod / 0.02))
 
@@ -267,10 +270,50 @@ def test_auto_surface_carves_the_see_through_fringe_of_top_and_bottom():
             MeshExportConfig(fringe_transmittance=bad).validate()
 
 
+class ColumnOnDisc:
+    """The fringed disc (radius 0.4, core half-height 0.08, linear ramps to 0 over 0.04 above and below)
+    with a denser core near the axis: what a trained table puts where its column meets the foot."""
+
+    bound = 1.0
+
+    def density(self, points):
+        r = points[..., :2].norm(dim=-1)
+        side = torch.sigmoid(-(r - 0.4) / 0.01)
+        vertical = (1.0 - (points[..., 2].abs() - 0.08) / 0.04).clamp(0.0, 1.0)
+        return 40.0 * (1.0 + 3.0 * torch.exp(-((r / 0.12) ** 2))) * side * vertical
+
+    def albedo(self, points):
+        return _albedo(points)
+
+
+def test_fringe_skin_carves_ramps_flat_whatever_the_density_behind_them():
+    """The transmittance rule leaves a bump where the ramp fronts a denser core (the table's foot under
+    its column: meshes 6-7 % too tall); the skin rule puts the surface 2 x fringe_skin in from the
+    ramp's outer end (closed form: depth / density = (0.12 - z) / 2 = 0.02 at z = 0.08) at every radius."""
+    cell = 2.0 / 95
+
+    def tops(mesh):
+        radius = np.linalg.norm(mesh.vertices[:, :2], axis=1)
+        z = mesh.vertices[:, 2]
+        return z[radius < 0.05].max(), z[(radius > 0.25) & (radius < 0.3)].max()
+
+    centre, off_centre = tops(extract_mesh(ColumnOnDisc(), MeshExportConfig(resolution=96)))
+    assert centre > off_centre + 0.5 * cell  # the bump over the dense core
+    skinned = extract_mesh(ColumnOnDisc(), MeshExportConfig(resolution=96, fringe_skin=0.02))
+    centre, off_centre = tops(skinned)
+    assert centre == pytest.approx(0.08, abs=0.5 * cell) and off_centre == pytest.approx(0.08, abs=0.5 * cell)
+    assert -skinned.bounds[0][2] == pytest.approx(0.08, abs=0.5 * cell)
+    assert skinned.metadata["msd3d"]["fringe_skin"] == pytest.approx(0.02)
+    for bad in (-0.01, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="fringe_skin"):
+            MeshExportConfig(fringe_skin=bad).validate()
+
+
 def test_a_faint_field_that_is_all_fringe_is_meshed_without_carving():
     """A ball so faint (density 0.5) that light reaches its centre with transmittance > 0.8 is all
     see-through fringe: the auto surface drops the carving and meshes the density level instead of
     failing (the old rule's mesh)."""
+
     class Faint:
         bound = 1.0
 
@@ -303,6 +346,7 @@ def test_cavities_are_filled_no_inner_shell():
     assert len(mesh.split(only_watertight=False)) == 1
     assert np.linalg.norm(mesh.vertices, axis=1).min() > 0.45
     assert mesh.volume > 0.95 * 4 / 3 * math.pi * 0.5**3  # the solid outer ball, no inward shell subtracted
+
 
 def test_floaters_are_removed_by_size_and_by_count():
     blobs = SpheresField([((-0.45, 0.0, 0.0), 0.3), ((0.45, 0.0, 0.0), 0.25), ((0.0, 0.7, 0.6), 0.05)])

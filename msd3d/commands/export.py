@@ -68,8 +68,14 @@ def export(
         None, help='Density iso-level: "auto" or a positive number (mesh.threshold).'
     ),
     fringe_transmittance: Optional[float] = typer.Option(
-        None, help="With --threshold auto: carve points light reaches with this transmittance; 1 = off "
+        None,
+        help="With --threshold auto: carve points light reaches with this transmittance; 1 = off "
         "(mesh.fringe_transmittance).",
+    ),
+    fringe_skin: Optional[float] = typer.Option(
+        None,
+        help="With --threshold auto: also carve points within this density-weighted distance (world units) "
+        "of empty space; 0 = off (mesh.fringe_skin).",
     ),
     texture: Optional[bool] = typer.Option(
         None, "--texture/--no-texture", help="Bake a UV texture (xatlas) instead of vertex colours (mesh.texture)."
@@ -110,6 +116,7 @@ def export(
             "resolution": resolution,
             "threshold": _threshold(threshold),
             "fringe_transmittance": fringe_transmittance,
+            "fringe_skin": fringe_skin,
             "texture": texture,
             "texture_size": texture_size,
             "decimate_faces": decimate,
@@ -136,7 +143,7 @@ def export(
             f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces, {kind}; "
             f"step {step}, grid {mesh_config.resolution}^3, threshold "
             f"{level:.4g}{' (auto)' if mesh_config.threshold == 'auto' else ''}"
-            f"{'' if not info.get('fringe_optical_depth') else ', see-through fringe carved'}; "
+            f"{', see-through fringe carved' if info.get('fringe_optical_depth') or info.get('fringe_skin') else ''}; "
             f"{time.perf_counter() - t0:.1f} s"
         )
         if config.prior.name == "oracle":  # the catalogue knows the true shapes: score the mesh against them

@@ -79,9 +79,7 @@ CONNECT_LEVEL_FLOOR = 0.5
 CONNECT_PIECE_FRACTION = 0.02
 """Solid pieces with at least this fraction of the solid voxels count as parts of the object."""
 
-Y_UP_FROM_Z_UP = np.array(
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
+Y_UP_FROM_Z_UP = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 """-90° about x: msd3d world (+z up) → glTF (+y up); ``(x, y, z) → (x, z, -y)``."""
 
 
@@ -103,6 +101,15 @@ class MeshExportConfig:
     with at least this transmittance are empty space, whatever their density (``surface_field``).
     This removes the soft density that pads faces no training view sees edge-on (tops and bottoms);
     1 turns it off."""
+    fringe_skin: float = 0.0
+    """With ``threshold="auto"``: also carve, as fringe, grid points whose optical depth from outside
+    (along the clearest axis) is less than this many world units of their own density, i.e. within
+    this density-weighted distance of empty space (``surface_field``). A trained field blurs each
+    face into a density ramp about a training pixel wide, and where the solid behind it is denser
+    (a column ending on a plate) the transmittance rule alone leaves a bump; this rule does not
+    depend on the density scale. On a linear ramp the surface lies 2 x this in from the ramp's
+    outer end. The oracle recipes use 0.02 (about a third of a 32-pixel training pixel at the
+    object); it would erode a sharp field by up to this much, so 0 (off) by default."""
     keep_components: int = 0
     """Keep at most this many connected components, largest first (by face count); 0 = no limit."""
     min_component_fraction: float = 0.02
@@ -141,6 +148,8 @@ class MeshExportConfig:
             raise ValueError(
                 f"mesh.fringe_transmittance must lie in (0, 1] (1 turns it off), got {self.fringe_transmittance}"
             )
+        if not 0.0 <= self.fringe_skin < float("inf"):
+            raise ValueError(f"mesh.fringe_skin must be >= 0 world units (0 turns it off), got {self.fringe_skin}")
         if self.keep_components < 0:
             raise ValueError("mesh.keep_components must be >= 0 (0 keeps all)")
         if not 0.0 <= self.min_component_fraction < 1.0:
@@ -349,7 +358,7 @@ def see_through_depth(grid: np.ndarray, bound: float) -> np.ndarray:
 
 
 def surface_field(
-    grid: np.ndarray, bound: float, fringe_transmittance: float = 0.8
+    grid: np.ndarray, bound: float, fringe_transmittance: float = 0.8, fringe_skin: float = 0.0
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The "auto" surface as a level set: a field that crosses 1 where the mesh goes, and the level
     to mesh it at (1, or lower to keep thin parts attached).
@@ -361,29 +370,42 @@ def surface_field(
     faces that training cameras, all above the object's base and at most ~45° up, only ever see at a
     slant (tops and bottoms): the renders there fix the colour but barely the depth, and the field
     pads them with soft density that clears the silhouette level, a mesh about one 32-pixel training
-    pixel too tall. The field is ``min(density / level, depth / -ln(fringe_transmittance))``;
+    pixel too tall. The field is ``min(density / level, depth / -ln(fringe_transmittance))``, and with
+    ``fringe_skin`` > 0 also ``depth / (fringe_skin * density)``: a point is fringe when its optical
+    depth from outside is less than ``fringe_skin`` world units of its own density. On a face
+    blurred into a linear density ramp this surface lies ``2 * fringe_skin`` in from where the ramp
+    starts, however dense the solid behind it, whereas the transmittance rule stops further out
+    where the solid is denser (a bump under a pedestal's column);
     ``connecting_level`` then lowers its level (so both conditions relax together) where the
     object would fall apart into sizeable pieces; where carving would still split the object into
     more pieces than the density alone, or leave nothing, the carving is dropped. Returns (field (R, R, R) float32,
-    info) with info ``threshold`` (the density iso-level used), ``fringe_optical_depth`` (0: no
-    carving) and ``level``.
+    info) with info ``threshold`` (the density iso-level used), ``fringe_optical_depth`` and
+    ``fringe_skin`` (at that level; both 0: no carving) and ``level``.
     """
     density_level = surface_level(grid, bound)
     if not density_level > 0:
-        return grid, {"threshold": float(density_level), "fringe_optical_depth": 0.0, "level": float(density_level)}
+        info = {"threshold": float(density_level), "level": float(density_level)}
+        return grid, {**info, "fringe_optical_depth": 0.0, "fringe_skin": 0.0}
     scaled = (grid / np.float32(density_level)).astype(np.float32, copy=False)
     optical_depth = -float(np.log(fringe_transmittance))
     level = connecting_level(scaled, 1.0)
-    if optical_depth > 0:
-        carved = np.minimum(scaled, see_through_depth(grid, bound) / np.float32(optical_depth))
+    if optical_depth > 0 or fringe_skin > 0:
+        depth = see_through_depth(grid, bound)
+        carved = scaled
+        if optical_depth > 0:
+            carved = np.minimum(carved, depth / np.float32(optical_depth))
+        if fringe_skin > 0:
+            carved = np.minimum(carved, depth / (np.float32(fringe_skin) * np.maximum(grid, np.float32(1e-12))))
         carved_level = connecting_level(carved, 1.0)
         # carving never splits what the density alone keeps whole, nor removes everything (a faint,
         # thin rod or a faint ball is all fringe)
         carved_pieces = len(sizeable_pieces(carved, carved_level)[1])
         if 0 < carved_pieces <= len(sizeable_pieces(scaled, level)[1]):
             info = {"threshold": carved_level * float(density_level), "level": carved_level}
-            return carved, {**info, "fringe_optical_depth": carved_level * optical_depth}
-    return scaled, {"threshold": level * float(density_level), "level": level, "fringe_optical_depth": 0.0}
+            carving = {"fringe_optical_depth": carved_level * optical_depth, "fringe_skin": carved_level * fringe_skin}
+            return carved, {**info, **carving}
+    info = {"threshold": level * float(density_level), "level": level}
+    return scaled, {**info, "fringe_optical_depth": 0.0, "fringe_skin": 0.0}
 
 
 def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
@@ -449,7 +471,7 @@ def keep_largest_components(mesh: trimesh.Trimesh, keep: int = 0, min_fraction: 
     counts = np.bincount(labels)
     order = np.argsort(-counts, kind="stable")
     order = order[counts[order] > 0]
-    kept = order[: keep] if keep > 0 else order
+    kept = order[:keep] if keep > 0 else order
     kept = kept[counts[kept] >= min_fraction * len(mesh.faces)]
     if len(kept) == 0:
         kept = order[:1]
@@ -526,7 +548,7 @@ def extract_mesh(
     grid = density_grid(field, config.resolution, config.chunk_size, device)
     max_density = float(grid.max())
     if config.threshold == "auto":
-        surface, info = surface_field(grid, bound, config.fringe_transmittance)
+        surface, info = surface_field(grid, bound, config.fringe_transmittance, config.fringe_skin)
         level, iso = info["threshold"], info["level"]
     else:
         level = iso = float(config.threshold)
@@ -561,7 +583,7 @@ def extract_mesh(
     mesh.metadata["msd3d"] = {
         "resolution": int(config.resolution),
         "threshold": level,
-        **({"fringe_optical_depth": info["fringe_optical_depth"]} if info else {}),
+        **({"fringe_optical_depth": info["fringe_optical_depth"], "fringe_skin": info["fringe_skin"]} if info else {}),
         "max_density": max_density,
         "bound": bound,
         "up_axis": "+z",
@@ -662,12 +684,21 @@ def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
         image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
         # a matte MTL (Ks 0): the albedo is the whole appearance
         out.visual.material = trimesh.visual.material.SimpleMaterial(
-            image=image, diffuse=[255, 255, 255, 255], ambient=[255, 255, 255, 255],
-            specular=[0, 0, 0, 255], glossiness=1.0, name=stem,
+            image=image,
+            diffuse=[255, 255, 255, 255],
+            ambient=[255, 255, 255, 255],
+            specular=[0, 0, 0, 255],
+            glossiness=1.0,
+            name=stem,
         )
         text, companions = trimesh.exchange.obj.export_obj(
-            out, include_normals=True, include_color=False, include_texture=True, return_texture=True,
-            mtl_name=f"{stem}.mtl", header=None,
+            out,
+            include_normals=True,
+            include_color=False,
+            include_texture=True,
+            return_texture=True,
+            mtl_name=f"{stem}.mtl",
+            header=None,
         )
         # trimesh's MTL and texture image, but our own OBJ body: one welded surface (see above)
         material_name = next(line.split(None, 1)[1] for line in text.splitlines() if line.startswith("usemtl "))
@@ -675,7 +706,10 @@ def _obj_files(mesh: trimesh.Trimesh, path: Path) -> dict[Path, bytes]:
         files = {path.parent / name: data for name, data in companions.items()}
     else:
         text = trimesh.exchange.obj.export_obj(
-            mesh, include_normals=True, include_color=True, include_texture=False,
+            mesh,
+            include_normals=True,
+            include_color=True,
+            include_texture=False,
             header="msd3d: +z up, front +x, metres; vertex colours as 'v x y z r g b'",
         )
         files = {}
@@ -715,4 +749,3 @@ def export_mesh_files(
     for fmt in formats:
         written += export_mesh(mesh, Path(directory) / f"{stem}.{fmt.lower().lstrip('.')}")
     return written
-

@@ -61,6 +61,7 @@ def write_mesh(
         "faces": int(len(mesh.faces)),
         "threshold": float(mesh.metadata["msd3d"]["threshold"]),
         "fringe_optical_depth": float(mesh.metadata["msd3d"].get("fringe_optical_depth", 0.0)),
+        "fringe_skin": float(mesh.metadata["msd3d"].get("fringe_skin", 0.0)),
     }
     geometry = score(mesh) if score is not None else None
     if geometry is not None:
