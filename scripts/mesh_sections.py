@@ -1,8 +1,10 @@
 """Vertical cross-sections (the y = 0 plane) of oracle-bench meshes against the true variant.
 
-For each family, the run's checkpoint is exported twice, by the silhouette level alone
-(``mesh.fringe_transmittance: 1``) and by the default "auto" surface (the see-through fringe
-carved), and both sections are drawn over the nearest true variant's. One PNG, one panel per family:
+For each family, the run's checkpoint is exported three times: by the silhouette level alone
+(``mesh.fringe_transmittance: 1``, ``mesh.fringe_skin: 0``), with the see-through fringe carved by
+transmittance only (``fringe_skin: 0``), and by the run's own mesh settings (the oracle recipes add
+``fringe_skin: 0.02``); the sections are drawn over the nearest true variant's. One PNG, one panel
+per family:
 
     python scripts/mesh_sections.py results/oracle_bench --families table,mug,donut,house \
         --out docs/images/geometry_sections.png
@@ -43,9 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, renderer, _ = load_trained_renderer(run)
         meshes = [
             (true_surface(family, variant), "k", f"true ({variant})"),
-            (extract_mesh(renderer.field, dataclasses.replace(config.mesh, fringe_transmittance=1.0)),
+            (extract_mesh(renderer.field, dataclasses.replace(config.mesh, fringe_transmittance=1.0, fringe_skin=0.0)),
              "tab:red", "silhouette level only"),
-            (extract_mesh(renderer.field, config.mesh), "tab:blue", "fringe carved (default)"),
+            (extract_mesh(renderer.field, dataclasses.replace(config.mesh, fringe_skin=0.0)),
+             "tab:orange", "fringe carved, transmittance only"),
+            (extract_mesh(renderer.field, config.mesh), "tab:blue", f"the run's (skin {config.mesh.fringe_skin:g})"),
         ]
         for mesh, colour, label in meshes:
             section = mesh.section(plane_origin=[0.0, 0.0, 0.0], plane_normal=[0.0, 1.0, 0.0])
@@ -54,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ax.set_aspect("equal")
         ax.set_title(f"{family}-{args.method}, y = 0 section (x right, z up)", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:

@@ -110,6 +110,7 @@ def test_oracle_run_summary_holds_geometry_scores(tmp_path, tiny_run_overrides):
     assert geometry["components"] >= 1 and isinstance(geometry["watertight"], bool)
     assert summary["mesh"]["threshold"] > 0 and "geometry" not in summary["mesh"]
     assert summary["mesh"]["fringe_optical_depth"] >= 0.0  # what the auto surface carved (0: nothing)
+    assert summary["mesh"]["fringe_skin"] >= 0.0
 
 
 def test_mesh_sections_script_draws_every_family(tiny_run_overrides, tmp_path):
