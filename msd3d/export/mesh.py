@@ -363,7 +363,7 @@ def surface_field(
     """The "auto" surface as a level set: a field that crosses 1 where the mesh goes, and the level
     to mesh it at (1, or lower to keep thin parts attached).
 
-    Two conditions make a grid point solid: its density exceeds the silhouette level
+    A grid point is solid when its density exceeds the silhouette level
     (``surface_level``: the mesh's silhouettes match where the renders are opaque), and it is not in
     the see-through fringe, i.e. light from outside does not reach it along an axis with
     transmittance ``fringe_transmittance`` or more (``see_through_depth``). The second matters on
