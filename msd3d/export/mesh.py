@@ -357,6 +357,10 @@ def see_through_depth(grid: np.ndarray, bound: float) -> np.ndarray:
     return depth
 
 
+NOT_CARVED = {"fringe_optical_depth": 0.0, "fringe_skin": 0.0}
+"""``surface_field``'s fringe info when nothing was carved."""
+
+
 def surface_field(
     grid: np.ndarray, bound: float, fringe_transmittance: float = 0.8, fringe_skin: float = 0.0
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -385,7 +389,7 @@ def surface_field(
     density_level = surface_level(grid, bound)
     if not density_level > 0:
         info = {"threshold": float(density_level), "level": float(density_level)}
-        return grid, {**info, "fringe_optical_depth": 0.0, "fringe_skin": 0.0}
+        return grid, {**info, **NOT_CARVED}
     scaled = (grid / np.float32(density_level)).astype(np.float32, copy=False)
     optical_depth = -float(np.log(fringe_transmittance))
     level = connecting_level(scaled, 1.0)
@@ -405,7 +409,7 @@ def surface_field(
             carving = {"fringe_optical_depth": carved_level * optical_depth, "fringe_skin": carved_level * fringe_skin}
             return carved, {**info, **carving}
     info = {"threshold": level * float(density_level), "level": level}
-    return scaled, {**info, "fringe_optical_depth": 0.0, "fringe_skin": 0.0}
+    return scaled, {**info, **NOT_CARVED}
 
 
 def fill_cavities(grid: np.ndarray, level: float) -> np.ndarray:
