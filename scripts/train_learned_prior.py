@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-cfg", type=float, default=3.0, help="CFG scale of the model card's samples")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--camera", action="store_true",
+                   help="condition on the exact camera and look of each image too (the camera-conditioned prior)")
     p.add_argument("--card-only", action="store_true",
                    help="do not train: rewrite the model card (and samples.png) of <out>/learned_prior.safetensors")
     return p.parse_args(argv)
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         ema_decay=args.ema,
         max_seconds=args.max_seconds,
         seed=args.seed,
+        camera_conditioning=args.camera,
     )
     try:
         config.validate()

@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from msd3d.priors.base import Condition
 from msd3d.priors.catalogue import CATALOGUE, Family, match_family
 from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
 from msd3d.priors.prompt_attributes import description_words, normalise_word, variant_attributes
@@ -170,6 +171,9 @@ class LearnedPriorTrainConfig:
     max_seconds: float = 3600.0
     seed: int = 0
     camera: CameraConfig = field(default_factory=CameraConfig)
+    camera_conditioning: bool = False
+    """Also condition on the exact camera and look of each image (:func:`view_features`: pose, field of
+    view, shading, light), added to the UNet's time embedding as MVDream does; False = text only, like SD."""
 
     def validate(self) -> None:
         if self.render_size < 8 or self.render_size % 2 ** (len(self.block_out_channels) - 1):
@@ -203,7 +207,47 @@ def unet_kwargs(config: LearnedPriorTrainConfig) -> dict[str, Any]:
         cross_attention_dim=config.text_dim,
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=min(8, min(config.block_out_channels)),
+        **(
+            dict(class_embed_type="projection", projection_class_embeddings_input_dim=VIEW_FEATURES)
+            if config.camera_conditioning else {}
+        ),
     )
+
+
+#: Length of :func:`view_features`' vectors.
+VIEW_FEATURES = 12
+_SHADINGS = ("albedo", "lambertian", "textureless")
+
+
+def view_features(cameras: Any, shading: str | Sequence[str] | None = None, light_positions: Tensor | None = None,
+                  camera_config: CameraConfig | None = None) -> Tensor:
+    """(B, 12) what a camera-conditioned prior knows of each image besides the text: the camera's
+    azimuth and elevation (sin, cos), distance and field of view (standardised over the training ranges),
+    the shading mode (one-hot albedo / lambertian / textureless) and the light's direction from the
+    origin (zeros when unlit). ``shading`` is one mode for the batch or one per image."""
+    cfg = camera_config or CameraConfig()
+    b = len(cameras)
+    az, el = torch.deg2rad(cameras.azimuth.float().cpu()), torch.deg2rad(cameras.elevation.float().cpu())
+
+    def standardise(value: Tensor, lo_hi: Sequence[float]) -> Tensor:
+        lo, hi = float(lo_hi[0]), float(lo_hi[1])
+        return (value.float().cpu() - 0.5 * (lo + hi)) / max(0.5 * (hi - lo), 1e-6)
+
+    fovy = torch.rad2deg(cameras.fovy.float().cpu())
+    modes = [shading or "albedo"] * b if shading is None or isinstance(shading, str) else list(shading)
+    if len(modes) != b or any(m not in _SHADINGS for m in modes):
+        raise ValueError(f"shading must be one of {_SHADINGS} (or one per image), got {shading!r}")
+    one_hot = torch.zeros(b, 3)
+    one_hot[torch.arange(b), torch.tensor([_SHADINGS.index(m) for m in modes])] = 1.0
+    light = torch.zeros(b, 3)
+    if light_positions is not None:
+        lit = torch.tensor([m != "albedo" for m in modes])
+        light[lit] = torch.nn.functional.normalize(light_positions.float().cpu(), dim=-1)[lit]
+    return torch.cat([
+        torch.stack([az.sin(), az.cos(), el.sin(), el.cos(),
+                     standardise(cameras.distance, cfg.distance_range), standardise(fovy, cfg.fovy_range)], -1),
+        one_hot, light,
+    ], -1)
 
 
 # -- the prior ------------------------------------------------------------------------------------
@@ -214,6 +258,43 @@ class LearnedCataloguePrior(StableDiffusionPrior):
     catalogue_families: tuple[str, ...] = ()
     metadata: dict[str, Any] = {}
     train_config: LearnedPriorTrainConfig | None = None
+
+    @property
+    def camera_conditioned(self) -> bool:
+        return bool(self.train_config is not None and self.train_config.camera_conditioning)
+
+    def condition(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        cameras: Any | None = None,
+        shading: str | None = None,
+        light_positions: Any | None = None,
+        ambient_ratio: float = 0.1,
+    ) -> Condition:
+        """Text embeddings, and for a camera-conditioned prior ``{"text", "view"}`` payloads whose view
+        features (:func:`view_features`) are the same in both CFG branches: guidance acts on the text only."""
+        cond = super().condition(prompts, negative_prompt=negative_prompt)
+        if not self.camera_conditioned:
+            return cond
+        if cameras is None:
+            from msd3d.errors import Msd3dError
+
+            raise Msd3dError("this learned prior is conditioned on the camera; pass the cameras to condition()")
+        view = view_features(cameras, shading, light_positions, self.train_config.camera).to(
+            device=self.device, dtype=self.model_dtype
+        )
+        return Condition(cond={"text": cond.cond, "view": view}, uncond={"text": cond.uncond, "view": view},
+                         batch_size=cond.batch_size, prompts=cond.prompts)
+
+    def unet_conditioning(self, payload: Any) -> dict[str, Tensor]:
+        if isinstance(payload, dict):
+            return {
+                "encoder_hidden_states": payload["text"].to(device=self.device, dtype=self.model_dtype),
+                "class_labels": payload["view"].to(device=self.device, dtype=self.model_dtype),
+            }
+        return super().unet_conditioning(payload)
 
     def validate_prompt(self, prompt: str) -> None:
         family = match_family(prompt)
@@ -354,14 +435,14 @@ def training_prompt(family: Family, variant: int, view: str, rng: random.Random,
 def render_dataset(config: LearnedPriorTrainConfig, on_family: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Renders of every variant at random training cameras, each in a shading mode drawn from
     ``shading_probs`` (lights drawn as the trainer draws them): images (N, 3, R, R) in [-1, 1] and,
-    per image, its family, variant index, view name and shading."""
+    per image, its family, variant index, view name, shading and :func:`view_features` (N, 12)."""
     from msd3d.render.shading import ShadingConfig, sample_light_positions
 
     gen = torch.Generator().manual_seed(config.seed)
     names = list(config.families) or list(CATALOGUE)
     modes = ("albedo", "lambertian", "textureless")
     probs = torch.tensor(config.shading_probs, dtype=torch.float64)
-    images, fams, variants, views, shadings = [], [], [], [], []
+    images, features, fams, variants, views, shadings = [], [], [], [], [], []
     cam_cfg = CameraConfig(**{**asdict(config.camera), "batch_size": config.views_per_variant})
     for name in names:
         family = CATALOGUE[name]
@@ -376,13 +457,15 @@ def render_dataset(config: LearnedPriorTrainConfig, on_family: Callable[[str], N
                     look = {} if mode == "albedo" else {"shading": mode, "light_positions": lights[rows]}
                     img[rows] = family.render(cams[rows], variants=[v], supersample=2, **look)[:, 0]
             images.append(img * 2 - 1)
+            features.append(view_features(cams, [modes[m] for m in mode_of.tolist()], lights, config.camera))
             fams += [name] * len(cams)
             variants += [v] * len(cams)
             views += [view_name(float(e), float(a)) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())]
             shadings += [modes[m] for m in mode_of.tolist()]
         if on_family is not None:
             on_family(name)
-    return {"images": torch.cat(images), "family": fams, "variant": variants, "view": views, "shading": shadings}
+    return {"images": torch.cat(images), "view_features": torch.cat(features), "family": fams, "variant": variants,
+            "view": views, "shading": shadings}
 
 
 def train_learned_prior(
@@ -439,7 +522,8 @@ def train_learned_prior(
         a = alphas[t].view(-1, 1, 1, 1)
         eps = torch.randn(x0.shape, generator=gen)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        pred = unet(xt, t, encoder_hidden_states=text, return_dict=False)[0]
+        extra = {"class_labels": data["view_features"][idx]} if config.camera_conditioning else {}
+        pred = unet(xt, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
         per_sample = (pred - eps).pow(2).flatten(1).mean(1)
         gamma = config.min_snr_gamma
         weight = snr[t].clamp(max=gamma) / snr[t] if gamma else torch.ones_like(per_sample)
@@ -452,7 +536,8 @@ def train_learned_prior(
             ema.step(params)
         loss_value = float(loss.detach())
         steps_run = step + 1
-        if step >= config.steps // 2:  # loss by sigma over the second half of training
+        # loss by sigma over the second half of training (of the steps, or of the time limit if it stops first)
+        if step >= config.steps // 2 or time.perf_counter() - t0 >= config.max_seconds / 2:
             sig = ((1 - a) / a).sqrt().flatten().tolist()
             for s, sample_loss in zip(sig, per_sample.detach().tolist()):
                 b = next(j for j in range(len(bands) - 1) if s < bands[j + 1])
@@ -511,7 +596,7 @@ def sample_quality(
         variants = torch.stack(looks, 1)  # (B, looks, V, 3, R, R) in [0, 1]
         prompts = [f"a {name}, {view_name(float(e), float(a))} view"
                    for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())]
-        cond = prior.condition(prompts)
+        cond = prior.condition(prompts, cameras=cams)  # albedo: what a camera-conditioned prior is asked for
         sigmas = prior.sigma_from_time(torch.linspace(0.98, 0.0, steps + 1)[:-1]).tolist() + [0.0]
         z = sigmas[0] * torch.randn(len(prompts), 3, config.render_size, config.render_size, generator=gen)
         for s, s_next in zip(sigmas[:-1], sigmas[1:]):
@@ -555,7 +640,8 @@ def preferred_variant(prior: StableDiffusionPrior, prompt: str, family: Family, 
     variants = family.render(cameras[:1], supersample=2)[0] * 2 - 1  # (V, 3, R, R) in [-1, 1]
     blend = variants.mean(0, keepdim=True).expand(samples, -1, -1, -1)
     z = blend + sigma * torch.randn(blend.shape, generator=gen)
-    d = prior.denoise(z, sigma, prior.condition([prompt] * samples), guidance_scale)
+    cond = prior.condition([prompt] * samples, cameras=cameras[torch.zeros(samples, dtype=torch.long)])
+    d = prior.denoise(z, sigma, cond, guidance_scale)
     nearest = (d[:, None] - variants[None]).pow(2).flatten(2).sum(-1).argmin(1)
     return torch.bincount(nearest, minlength=len(family)).float() / samples
 

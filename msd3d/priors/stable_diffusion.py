@@ -658,10 +658,7 @@ class StableDiffusionPrior(DiffusionPrior):
         timestep = self.unet_timestep(sigma.to(device=self.device, dtype=torch.float32))
         if self._cudagraph_steps:
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._unet_forward(
-            z_vp, timestep, encoder_hidden_states=payload.to(device=self.device, dtype=self.model_dtype),
-            return_dict=False,
-        )[0]
+        out = self._unet_forward(z_vp, timestep, **self.unet_conditioning(payload), return_dict=False)[0]
         if self._cudagraph_steps and out.dtype == torch.float32:
             out = out.clone()  # a CUDA graph's output buffer is overwritten by its next replay
         out = out.float().to(z.device)  # (.float() of fp16/bf16 is already a copy)
@@ -672,6 +669,10 @@ class StableDiffusionPrior(DiffusionPrior):
         else:
             d = out
         return d.to(z.dtype)
+
+    def unet_conditioning(self, payload: Any) -> dict[str, Tensor]:
+        """The UNet's conditioning keyword arguments for a condition payload (text embeddings here)."""
+        return {"encoder_hidden_states": payload.to(device=self.device, dtype=self.model_dtype)}
 
     # -- data space ----------------------------------------------------------------------------
     def encode(self, images: Tensor) -> Tensor:
