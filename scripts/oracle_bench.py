@@ -76,6 +76,58 @@ SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+#: One everyday prompt per catalogue variant (as people write them, not the catalogue's wording):
+#: (family, variant) -> prompt. ``--attributes`` runs these; a run "hits" when it lands on the named variant.
+ATTRIBUTE_PROMPTS: dict[tuple[str, str], str] = {
+    ("donut", "strawberry"): "a pink donut", ("donut", "chocolate"): "a chocolate donut",
+    ("donut", "upright_glazed"): "a blue donut",
+    ("mushroom", "fly_agaric"): "a red mushroom", ("mushroom", "porcini"): "a brown mushroom",
+    ("mushroom", "purple_cone"): "a purple mushroom",
+    ("snowman", "top_hat"): "a snowman with a top hat", ("snowman", "two_ball"): "a snowman with a red beanie",
+    ("snowman", "slim_blue"): "a snowman with a blue hat",
+    ("table", "wooden_dining"): "a wooden table", ("table", "round_cafe"): "a round table",
+    ("table", "low_coffee"): "a red coffee table",
+    ("mug", "red_coffee"): "a red mug", ("mug", "blue_teacup"): "a blue teacup",
+    ("mug", "green_travel"): "a green mug",
+    ("lamp", "floor"): "a floor lamp", ("lamp", "desk"): "a desk lamp",
+    ("lamp", "table"): "a lamp with an orange shade",
+    ("rocket", "classic"): "a grey rocket", ("rocket", "tall_silver"): "a silver rocket",
+    ("rocket", "stubby_orange"): "an orange rocket",
+    ("tree", "pine"): "a pine tree", ("tree", "oak"): "an oak tree", ("tree", "autumn"): "an autumn tree",
+    ("chair", "wooden"): "a wooden chair", ("chair", "bar_stool"): "a red bar stool",
+    ("chair", "lounge"): "a blue lounge chair",
+    ("house", "cottage"): "a cottage with a red roof", ("house", "townhouse"): "a blue townhouse",
+    ("house", "barn"): "a red barn",
+}
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """One run to make: a family, its prompt, the variant the prompt names (None: unqualified), a seed."""
+
+    family: str
+    prompt: str
+    named_variant: str | None
+    seed: int
+
+    def folder(self, method: str, seeds: int) -> str:
+        """``<family>-<method>`` (one seed, family prompts: the historical layout), else with the variant and seed."""
+        stem = f"{self.family}-{self.named_variant}" if self.named_variant else self.family
+        return f"{stem}-{method}" + (f"-s{self.seed}" if seeds > 1 or self.named_variant else "")
+
+
+def bench_entries(args: argparse.Namespace) -> list[BenchEntry]:
+    """The runs a bench makes: every family (or every attribute prompt of the families) at every seed."""
+    out = []
+    for seed in args.seeds:
+        for family in args.families:
+            if args.attributes:
+                out += [BenchEntry(f, p, v, seed) for (f, v), p in ATTRIBUTE_PROMPTS.items() if f == family]
+            else:
+                out.append(BenchEntry(family, args.prompt or family_prompt(family), None, seed))
+    return out
+
+
 def setting_method(name: str) -> tuple[str, tuple[str, ...]]:
     """(guidance method, overrides) of a plain method name or a named setting."""
     return SETTINGS.get(name, (name, ()))
@@ -107,6 +159,16 @@ class BenchRow:
     """Mesh height over the true variant's."""
     components: int = 0
     watertight: bool = False
+    prompt: str = ""
+    seed: int = 0
+    named_variant: str | None = None
+    """The variant an attribute prompt names (None for an unqualified prompt)."""
+    turntable_png: str | None = None
+
+    @property
+    def hit(self) -> bool | None:
+        """Whether the run landed on the variant its prompt names (None: the prompt names none)."""
+        return None if self.named_variant is None else self.nearest_variant == self.named_variant
 
     @property
     def mode_minus_blend(self) -> float:
@@ -150,7 +212,7 @@ def sd_guidance_values(method: str) -> dict[str, Any]:
     return out
 
 
-def run_config(method: str, family: str, args: argparse.Namespace, run_dir: Path) -> RunConfig:
+def run_config(method: str, entry: BenchEntry, args: argparse.Namespace, run_dir: Path) -> RunConfig:
     """The shipped recipe for ``method`` (a method or a named setting) with the bench's overrides
     (steps, seed, resolution, prior, --set)."""
     guidance, setting_overrides = setting_method(method)
@@ -159,18 +221,18 @@ def run_config(method: str, family: str, args: argparse.Namespace, run_dir: Path
         values.update(sd_guidance_values(guidance))
         values.update({"prior.name": "learned", "prior.learned.weights": args.weights})
     values.update({
-        "prompt": args.prompt or family_prompt(family),
+        "prompt": entry.prompt,
         "device": "cpu",
         "out": str(run_dir),
         "guidance.name": guidance,
-        "seed": args.seed,
+        "seed": entry.seed,
         "train.steps": args.steps,
         "render.resolution": args.resolution,
     })
     return load_config(recipe_path(guidance), [*setting_overrides, *(args.set or [])], values)
 
 
-def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:
+def row_from_summary(entry: BenchEntry, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:
     scores = summary.get("scores") or {}
     if "mode_psnr" not in scores:
         raise Msd3dError(f"{summary.get('run_dir')}: summary.json has no oracle scores; was it an oracle run?")
@@ -180,8 +242,13 @@ def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: 
     steps = int(summary["steps"])
     geometry = scores.get("geometry") or {}
     nan = float("nan")
+    stills = sorted((Path(summary.get("run_dir", "")) / "report").glob("turntable_*.png"))
     return BenchRow(
-        family=family,
+        family=entry.family,
+        prompt=entry.prompt,
+        seed=entry.seed,
+        named_variant=entry.named_variant,
+        turntable_png=str(stills[0]) if stills else None,
         method=method,
         steps=steps,
         wall_s=wall_s,
@@ -203,9 +270,11 @@ def row_from_summary(family: str, method: str, summary: dict[str, Any], wall_s: 
     )
 
 
-def run_one(family: str, method: str, args: argparse.Namespace, console: Console) -> BenchRow:
+def run_one(entry: BenchEntry, method: str, args: argparse.Namespace, console: Console | None = None) -> BenchRow:
     """Train (or reuse, with --skip-existing) one run and return its row."""
-    run_dir = Path(args.out) / f"{family}-{method}"
+    console = console or Console(width=150)
+    family = entry.family
+    run_dir = Path(args.out) / entry.folder(method, len(args.seeds))
     run = RunDir(run_dir)
     if run_dir.exists() and not (args.skip_existing or args.overwrite):
         raise Msd3dError(
@@ -214,12 +283,12 @@ def run_one(family: str, method: str, args: argparse.Namespace, console: Console
         )
     if args.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
-    config = run_config(method, family, args, run_dir)
+    config = run_config(method, entry, args, run_dir)
     if args.skip_existing and run.summary.is_file():
         summary = read_json(run.summary)
         if int(summary.get("steps", -1)) == config.train.steps:
             console.print(f"[dim]{family}/{method}: kept (summary.json exists)[/dim]")
-            return row_from_summary(family, method, summary, None)
+            return row_from_summary(entry, method, summary, None)
         console.print(f"[yellow]{family}/{method}: summary has {summary.get('steps')} steps, wanted "
                       f"{config.train.steps}: rerunning[/yellow]")
         shutil.rmtree(run_dir)
@@ -227,7 +296,8 @@ def run_one(family: str, method: str, args: argparse.Namespace, console: Console
     if resume:
         # continue with the run's own config.yaml (plus the bench's step count)
         config = load_config(run.config, [], {"train.steps": config.train.steps})
-    console.print(f"{family}/{method}: {'resuming' if resume else 'training'} {config.train.steps} steps ...")
+    console.print(f"{family}/{method} {entry.prompt!r} seed {entry.seed}: "
+                  f"{'resuming' if resume else 'training'} {config.train.steps} steps ...")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     summary = generate(config, run_dir, resume=resume, show_progress=args.progress, log=lambda _: None)
@@ -236,7 +306,7 @@ def run_one(family: str, method: str, args: argparse.Namespace, console: Console
         wall += max(float(summary.get("train_seconds", 0.0)) - float(summary.get("seconds_this_session", 0.0)), 0.0)
     summary["bench_wall_seconds"] = wall
     write_json(run.summary, summary)
-    row = row_from_summary(family, method, summary, wall)
+    row = row_from_summary(entry, method, summary, wall)
     console.print(
         f"  {family}/{method}: mode {row.mode_psnr:.2f} dB, blend {row.blend_psnr:.2f} dB, "
         f"{row.nearest_variant}, {row.wall_s:.0f} s, {row.it_per_s:.2f} it/s"
@@ -266,17 +336,19 @@ def summarise(rows: Sequence[BenchRow]) -> dict[str, Any]:
             "mean_normal_consistency": _nanmean(r.normal_consistency for r in rs),
             "height_within_5_percent": sum(abs(r.height_ratio - 1.0) <= 0.05 for r in rs),
             "one_component": sum(r.components == 1 for r in rs),
+            "named_runs": sum(r.hit is not None for r in rs),
+            "hits": sum(bool(r.hit) for r in rs),
         }
     wins: dict[str, dict[str, Any]] = {}
     if "msd" in methods:
-        msd = {r.family: r for r in rows if r.method == "msd"}
+        msd = {(r.family, r.prompt, r.seed): r for r in rows if r.method == "msd"}
         for other in methods:
             if other == "msd":
                 continue
-            theirs = {r.family: r for r in rows if r.method == other}
-            common = [f for f in msd if f in theirs]
-            won = [f for f in common if msd[f].mode_psnr > theirs[f].mode_psnr]
-            wins[other] = {"families": len(common), "msd_wins": len(won), "won": won}
+            theirs = {(r.family, r.prompt, r.seed): r for r in rows if r.method == other}
+            common = [k for k in msd if k in theirs]
+            won = [k for k in common if msd[k].mode_psnr > theirs[k].mode_psnr]
+            wins[other] = {"families": len(common), "msd_wins": len(won), "won": [list(k) for k in won]}
     return {"per_method": per_method, "msd_beats": wins}
 
 
@@ -296,7 +368,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 HEADERS = (
     "family", "method", "steps", "wall s", "it/s", "mode PSNR", "blend PSNR", "mode-blend", "nearest variant",
-    "Chamfer", "F@0.02", "F@0.05", "normal cons.", "height %", "parts", "closed",
+    "Chamfer", "F@0.02", "F@0.05", "normal cons.", "height %", "parts", "closed", "prompt", "seed", "named variant",
 )
 
 
@@ -306,7 +378,8 @@ def table_rows(rows: Sequence[BenchRow], summary: dict[str, Any]) -> list[list[s
         [r.family, r.method, str(r.steps), _fmt(r.wall_s, 0), _fmt(r.it_per_s), _fmt(r.mode_psnr),
          _fmt(r.blend_psnr), _fmt(r.mode_minus_blend), r.nearest_variant, _fmt(r.chamfer, 4),
          _fmt(r.fscore_02, 3), _fmt(r.fscore_05, 3), _fmt(r.normal_consistency, 3), _fmt(100 * r.height_ratio, 1),
-         str(r.components), "yes" if r.watertight else "no"]
+         str(r.components), "yes" if r.watertight else "no", r.prompt, str(r.seed),
+         "" if r.named_variant is None else f"{r.named_variant} ({'hit' if r.hit else 'miss'})"]
         for r in rows
     ]
     for m, s in summary["per_method"].items():
@@ -314,7 +387,8 @@ def table_rows(rows: Sequence[BenchRow], summary: dict[str, Any]) -> list[list[s
                     _fmt(s["mean_mode_psnr"]), _fmt(s["mean_blend_psnr"]), _fmt(s["mean_mode_minus_blend"]), "",
                     f"{_fmt(s['mean_chamfer'], 4)} (max {_fmt(s['max_chamfer'], 4)})", _fmt(s["mean_fscore_02"], 3), "",
                     _fmt(s["mean_normal_consistency"], 3), f"{s['height_within_5_percent']} within 5 %",
-                    f"{s['one_component']} one", ""])
+                    f"{s['one_component']} one", "", "", "",
+                    f"{s['hits']}/{s['named_runs']} hits" if s["named_runs"] else ""])
     for other, w in summary["msd_beats"].items():
         out.append([f"MSD > {other.upper()} (mode PSNR)", "", "", "", "", f"{w['msd_wins']}/{w['families']}"]
                    + [""] * (len(HEADERS) - 6))
@@ -330,10 +404,45 @@ def markdown_table(rows: list[list[str]]) -> str:
 def print_table(console: Console, rows: list[list[str]], n_runs: int) -> None:
     table = Table(title="msd3d text-to-3D benchmark (CPU)")
     for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i in (0, 1, 8, 16) else "right")
+        table.add_column(h, justify="left" if i in (0, 1, 8, 16, 18) else "right")
     for i, r in enumerate(rows):
         table.add_row(*r, end_section=(i == n_runs - 1))
     console.print(table)
+
+
+# -- pictures ---------------------------------------------------------------------------------------
+def write_picture_grid(path: Path, rows: Sequence[BenchRow], methods: Sequence[str], cell: int = 96) -> None:
+    """A PNG with one row per (prompt, seed) and one column per method: each run's first turntable still,
+    labelled with its nearest variant and mode PSNR (red label: an attribute prompt's miss)."""
+    from io import BytesIO
+
+    from PIL import Image, ImageDraw
+
+    from msd3d.atomic_io import atomic_write_bytes
+
+    keys = list(dict.fromkeys((r.family, r.prompt, r.seed) for r in rows))
+    by_key = {(r.family, r.prompt, r.seed, r.method): r for r in rows}
+    label_w, text_h = 190, 24
+    sheet = Image.new("RGB", (label_w + cell * len(methods), text_h + (cell + text_h) * len(keys)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, m in enumerate(methods):
+        draw.text((label_w + j * cell + 4, 6), m, fill="black")
+    for i, (family, prompt, seed) in enumerate(keys):
+        y = text_h + i * (cell + text_h)
+        draw.text((4, y + cell // 2 - 6), f"{prompt} (seed {seed})"[:30], fill="black")
+        for j, m in enumerate(methods):
+            r = by_key.get((family, prompt, seed, m))
+            if r is None:
+                continue
+            x = label_w + j * cell
+            if r.turntable_png and Path(r.turntable_png).is_file():
+                sheet.paste(Image.open(r.turntable_png).convert("RGB").resize((cell, cell)), (x, y))
+            colour = "red" if r.hit is False else ("green" if r.hit else "black")
+            draw.text((x + 2, y + cell + 2), f"{r.nearest_variant[:11]} {r.mode_psnr:.1f}", fill=colour)
+    buffer = BytesIO()
+    sheet.save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -350,7 +459,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="", help="learned prior weights (default: the shipped ones)")
     p.add_argument("--prompt", default="", help="one prompt for every run instead of \"a <family>\"")
     p.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--seed", "--seeds", dest="seeds", default="0",
+                   help="seed of every run, or a comma-separated list run in turn (default 0)")
+    p.add_argument("--attributes", action="store_true",
+                   help="run the everyday attribute prompt of every variant of the families (ATTRIBUTE_PROMPTS; "
+                        "'a red mushroom', ...) instead of \"a <family>\", and count the runs that land on it")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once, each in its own process with --threads torch threads (default 1)")
+    p.add_argument("--grid", type=Path, default=None,
+                   help="also write a picture grid (PNG: one turntable still per run, methods as columns) here")
     p.add_argument("--resolution", type=int, default=None, help="render.resolution (default: the recipe's)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -371,6 +488,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     bad = [m for m in args.methods if setting_method(m)[0] not in METHODS]
     if bad:
         p.error(f"unknown methods {bad}; choose from {', '.join([*METHODS, *SETTINGS])}")
+    try:
+        args.seeds = [int(v) for v in str(args.seeds).split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+    if args.attributes and args.prompt:
+        p.error("--attributes and --prompt exclude each other")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
     if args.skip_existing and args.overwrite:
         p.error("--skip-existing and --overwrite exclude each other")
     return args
@@ -381,12 +506,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[BenchRow] = []
     start = time.perf_counter()
+    jobs = [(entry, method) for entry in bench_entries(args) for method in args.methods]
     try:
-        for family in args.families:
-            for method in args.methods:
-                rows.append(run_one(family, method, args, console))
+        if args.workers == 1:
+            rows = [run_one(entry, method, args, console) for entry, method in jobs]
+        else:  # fresh processes (spawn): each sets its own torch threads, none inherits the parent's state
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rows = list(pool.map(run_one, *zip(*jobs), [args] * len(jobs)))
     except Msd3dError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -399,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": "cpu",
         "torch_threads": args.threads,
         "cpu_count": os.cpu_count(),
-        "seed": args.seed,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "attributes": args.attributes,
         "bench_seconds": time.perf_counter() - start,
         "prior": args.prior,
         "weights": args.weights,
@@ -412,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", f"`{command}`\n\n" + markdown_table(strings))
     console.print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
+    if args.grid is not None:
+        write_picture_grid(args.grid, rows, args.methods)
+        console.print(f"wrote {args.grid}")
     return 0
 
 

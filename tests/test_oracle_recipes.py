@@ -164,6 +164,43 @@ def test_bench_runs_one_family_and_resumes(tmp_path, capsys):
     assert "kept" in capsys.readouterr().out
 
 
+def test_attribute_prompts_name_exactly_their_variant():
+    """Every everyday prompt of ``--attributes`` picks its family and, by the prompt-attribute rules the
+    oracle and the scores use, only the variant it is filed under."""
+    from msd3d.priors.catalogue import match_family
+    from msd3d.priors.prompt_attributes import variant_log_weights
+
+    bench = _bench_module()
+    assert len(bench.ATTRIBUTE_PROMPTS) == sum(len(f) for f in CATALOGUE.values()) == 30
+    for (family, variant), prompt in bench.ATTRIBUTE_PROMPTS.items():
+        found = match_family(prompt)
+        weights = variant_log_weights(prompt, found)
+        named = [found.variant_names[i] for i in range(len(weights)) if math.isfinite(weights[i])]
+        assert (found.name, named) == (family, [variant]), prompt
+
+
+def test_attribute_bench_counts_hits_and_draws_the_grid(tmp_path):
+    bench = _bench_module()
+    out = tmp_path / "bench"
+    argv = ["--families", "mug", "--attributes", "--methods", "msd", "--steps", "2", "--out", str(out),
+            "--threads", "1", "--grid", str(tmp_path / "grid.png"), *[f"--set={o}" for o in QUICK_FINISH]]
+    assert bench.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["prompt"] for r in rows] == ["a red mug", "a blue teacup", "a green mug"]
+    assert [Path(r["run_dir"]).name for r in rows] == ["mug-red_coffee-msd-s0", "mug-blue_teacup-msd-s0",
+                                                       "mug-green_travel-msd-s0"]
+    hits = sum(r["nearest_variant"] == r["named_variant"] for r in rows)
+    assert results["summary"]["per_method"]["msd"]["hits"] == hits
+    assert results["summary"]["per_method"]["msd"]["named_runs"] == 3
+    assert f"{hits}/3 hits" in (out / "table.md").read_text()
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (190 + 96, 24 + 3 * (96 + 24))
+    assert len(set(grid.convert("L").getdata())) > 10  # the stills were pasted, not a blank sheet
+
+
 def test_learned_prior_bench_runs_the_sd_guidance_on_the_oracle_scene(tmp_path):
     """``--prior learned``: the *-oracle scene with the *-sd guidance section, the prior swapped, and
     named settings adding their overrides on top."""
@@ -173,13 +210,14 @@ def test_learned_prior_bench_runs_the_sd_guidance_on_the_oracle_scene(tmp_path):
     args = bench.parse_args(["--prior", "learned", "--weights", "w.safetensors", "--methods", "msd,msd-exp,sds-cfg7.5"])
     sd = {m: load_config(recipe_dir() / f"{m}-sd.yaml") for m in ("msd", "sds")}
     oracle = load_config(recipe_dir() / "msd-oracle.yaml")
-    plain = bench.run_config("msd", "mushroom", args, tmp_path / "a")
+    entry = bench.BenchEntry("mushroom", "a mushroom", None, 0)
+    plain = bench.run_config("msd", entry, args, tmp_path / "a")
     assert plain.prior.name == "learned" and plain.prior.learned.weights == "w.safetensors"
     assert plain.guidance.msd == sd["msd"].guidance.msd  # every guidance key from msd-sd.yaml
     assert plain.render == oracle.render and plain.train.steps == oracle.train.steps  # the oracle's scene
-    exp = bench.run_config("msd-exp", "mushroom", args, tmp_path / "b")
+    exp = bench.run_config("msd-exp", entry, args, tmp_path / "b")
     assert exp.guidance.msd.kernel == "exp" and exp.guidance.msd.sampler_steps == sd["msd"].guidance.msd.sampler_steps
-    sds = bench.run_config("sds-cfg7.5", "mushroom", args, tmp_path / "c")
+    sds = bench.run_config("sds-cfg7.5", entry, args, tmp_path / "c")
     assert sds.guidance.name == "sds" and sds.guidance.sds.guidance_scale == 7.5
     assert sds.guidance.sds.t_min == sd["sds"].guidance.sds.t_min
     with pytest.raises(SystemExit):

@@ -83,6 +83,10 @@ class MSDConfig:
     start: str = "x"
     """Where chains start, eq. (4): "x" (the paper) or "product" (the noisy product's mean ``D(x, lambda)``
     and width: one extra denoiser call, less bias with several sampler steps)."""
+    start_sigma_scale: float = 0.0
+    """0: chains start at ``t_start``; > 0: at the noise ``start_sigma_scale * lambda`` instead (capped at
+    ``t_start``), so the denoiser sees the render with about the noise it is labelled with, not a clean
+    image labelled noisy (one step from start ``x``: ``z_eff = x + (lambda^2/sigma) n`` at ``sigma_eff ~ lambda``)."""
     kernel_t_min: float = 0.0
     """The kernel term acts only on sampler steps whose diffusion time is at least this ..."""
     kernel_t_max: float = 1.0
@@ -107,6 +111,7 @@ class MSDConfig:
         check_range(k("t_start"), self.t_start, 0, 1, low_open=True)
         check_range(k("eta"), self.eta, 0, 1)
         check_range(k("start_noise_scale"), self.start_noise_scale, 0)
+        check_range(k("start_sigma_scale"), self.start_sigma_scale, 0)
         check_choice(k("start"), self.start, MSD_STARTS)
         if self.kernel_t_min > self.kernel_t_max:
             raise ValueError(f"{k('kernel_t_min')} must not exceed {k('kernel_t_max')}")
@@ -118,6 +123,17 @@ def kernel_factor(kernel: str, lam: float, sigma: Tensor, sigma_next: Tensor) ->
         delta = 0.5 * (sigma**2 - sigma_next**2)
         return torch.exp(-delta / lam**2)
     return torch.sqrt((lam**2 + sigma_next**2) / (lam**2 + sigma**2))
+
+
+def time_at_sigma(prior: DiffusionPrior, sigma: float, iterations: int = 40) -> float:
+    """The diffusion time in (0, 1] whose noise level is ``sigma`` (bisection: ``sigma_from_time`` increases)."""
+    lo, hi = 0.0, 1.0
+    if float(prior.sigma_from_time(torch.tensor(hi))) <= sigma:
+        return hi
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(prior.sigma_from_time(torch.tensor(mid))) < sigma else (lo, mid)
+    return hi
 
 
 def mean_shift_target(
@@ -138,7 +154,10 @@ def mean_shift_target(
     x = x.detach()
     xs = x.repeat(samples, *([1] * (x.ndim - 1)))  # (S*B, *data), sample-major
     cond_s = cond.repeat(samples) if samples > 1 else cond
-    times = torch.linspace(config.t_start, 0.0, config.sampler_steps + 1)
+    t_start = config.t_start
+    if config.start_sigma_scale > 0:
+        t_start = min(t_start, time_at_sigma(prior, config.start_sigma_scale * lam))
+    times = torch.linspace(t_start, 0.0, config.sampler_steps + 1)
     sigmas = prior.sigma_from_time(times[:-1]).tolist() + [0.0]  # decreasing to 0
     if config.start == "product":  # (4): the noisy product's mean x + m and (broad p) variance
         centre = prior.denoise(xs, lam, cond_s, config.guidance_scale)
