@@ -84,6 +84,28 @@ def test_msd_one_step_posterior_is_tweedie(gmm):
     torch.testing.assert_close(target - x, gmm.mean_shift(x, lam), atol=1e-3, rtol=0)
 
 
+def test_msd_start_sigma_scale_starts_the_chain_at_a_multiple_of_lambda(gmm):
+    """``start_sigma_scale = k``: the chain starts at noise ``k * lam`` (capped at ``t_start``), found by
+    inverting the prior's schedule, and the posterior step sees ``z_eff`` at ``sigma_eff^-2 = (k lam)^-2 + lam^-2``."""
+    from msd3d.guidance.msd import time_at_sigma
+
+    for sigma in (0.05, 0.4, 2.0, 9.0):
+        assert float(gmm.sigma_from_time(torch.tensor(time_at_sigma(gmm, sigma)))) == pytest.approx(sigma, rel=1e-6)
+    assert time_at_sigma(gmm, 1e6) == 1.0
+    x = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    lam, k = 0.5, 2.0
+    cfg = MSDConfig(kernel="posterior", sampler_steps=1, samples=1, guidance_scale=1.0, start_sigma_scale=k)
+    target, _ = mean_shift_target(gmm, x, gmm.condition([""]), lam, cfg, torch.Generator().manual_seed(0))
+    n = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).double()
+    sigma0 = k * lam
+    precision = 1 / sigma0**2 + 1 / lam**2
+    z_eff = ((x + sigma0 * n) / sigma0**2 + x / lam**2) / precision
+    expected = gmm.denoise(z_eff, precision**-0.5, gmm.condition([""]))
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="start_sigma_scale"):
+        MSDConfig(start_sigma_scale=-1.0).validate()
+
+
 def test_msd_product_start_removes_the_start_bias():
     """Chains started at ``x`` miss the noisy product's mean ``x + m``; the first DDIM step keeps part of
     that offset, so with several steps the estimate is biased towards x (issue 9). For a Gaussian prior
