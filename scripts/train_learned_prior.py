@@ -168,7 +168,8 @@ def model_card_markdown(card: dict) -> str:
         f"    python scripts/train_learned_prior.py --out DIR --size {c['render_size']} "
         f"--channels {','.join(str(x) for x in c['block_out_channels'])} --steps {c['steps']} --batch {c['batch']} "
         f"--lr {c['lr']:g} --ema {c['ema_decay']:g} --views {c['views_per_variant']} "
-        f"--max-seconds {c['max_seconds']:g} --seed {c['seed']}",
+        f"--max-seconds {c['max_seconds']:g} --seed {c['seed']}"
+        + (" --camera" if c.get("camera_conditioning") else ""),
     ]
     return "\n".join(lines) + "\n"
 
