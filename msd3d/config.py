@@ -36,7 +36,7 @@ from msd3d.render.regularisers import RegulariserConfig
 from msd3d.render.shading import ShadingConfig
 from msd3d.render.volume import RenderConfig
 from msd3d.scene.background import BackgroundConfig
-from msd3d.scene_builder import FieldConfig
+from msd3d.scene.field_config import FieldConfig
 
 T = TypeVar("T")
 

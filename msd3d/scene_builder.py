@@ -7,31 +7,18 @@ The field type is ``field.name`` (a name in :data:`msd3d.registry.FIELDS`); its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from msd3d.registry import BACKGROUNDS, FIELDS, choice_config
+from msd3d.registry import BACKGROUNDS, FIELDS
 from msd3d.render.volume import VolumeRenderer
-from msd3d.validation import check_choice, join
+from msd3d.scene.field_config import FieldConfig
 
 if TYPE_CHECKING:
     from msd3d.config import RunConfig
 
-
-@dataclass
-class _FieldChoice:
-    name: str = "nerf"
-    """The scene representation that is optimised: a name in msd3d/registry.py FIELDS; its settings are the
-    section of that name ("nerf": grid-encoded NeRF)."""
-
-    def validate(self, path: str = "field") -> None:
-        check_choice(join(path, "name"), self.name, FIELDS.names())
-
-
-#: ``name`` plus one settings section per registered field type (``field.nerf``, ...).
-FieldConfig = choice_config(FIELDS, "FieldConfig", _FieldChoice, __name__)
+__all__ = ["FieldConfig", "build_field", "build_renderer"]
 
 
 def build_field(config: FieldConfig) -> nn.Module:  # type: ignore[valid-type]
