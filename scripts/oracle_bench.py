@@ -70,6 +70,7 @@ SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "msd-lam-wide": ("msd", ("guidance.msd.lambda_start=6.0", "guidance.msd.lambda_end=0.5")),
     "msd-lam-narrow": ("msd", ("guidance.msd.lambda_start=0.5", "guidance.msd.lambda_end=0.05")),
     "msd-lam-global": ("msd", ("guidance.msd.lambda_start=20.0", "guidance.msd.lambda_end=0.2")),
+    "msd-anneal": ("msd", ("guidance.msd.lambda_end=0.2",)),  # the default before issue 21: lambda 2 -> 0.2
     "msd-cfg1": ("msd", ("guidance.msd.guidance_scale=1.0",)),
     "msd-cfg3": ("msd", ("guidance.msd.guidance_scale=3.0",)),
     "sds-cfg7.5": ("sds", ("guidance.sds.guidance_scale=7.5",)),

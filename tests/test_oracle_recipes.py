@@ -194,6 +194,11 @@ def test_attribute_bench_counts_hits_and_draws_the_grid(tmp_path):
     assert results["summary"]["per_method"]["msd"]["hits"] == hits
     assert results["summary"]["per_method"]["msd"]["named_runs"] == 3
     assert f"{hits}/3 hits" in (out / "table.md").read_text()
+    spec = importlib.util.spec_from_file_location("compare_bench", SCRIPT.parent / "compare_bench.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    side_by_side = compare.compare([results])
+    assert f"| msd | 3 | {hits}/3 |" in side_by_side and "| a blue teacup | 0 | blue_teacup |" in side_by_side
     from PIL import Image
 
     grid = Image.open(tmp_path / "grid.png")
