@@ -1,1 +1,1 @@
-"""Shipped recipes (installed as ``msd3d.configs``); see README.md "Configuration"."""
+"""Shipped recipes (installed as ``msd3d.configs``); see docs/config.md."""

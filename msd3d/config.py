@@ -30,7 +30,7 @@ from msd3d.errors import ConfigError
 from msd3d.export.mesh import MeshExportConfig
 from msd3d.export.video import VideoConfig
 from msd3d.guidance import GuidanceConfig
-from msd3d.priors import PriorConfig
+from msd3d.priors.choice import PriorConfig
 from msd3d.render.cameras import CameraConfig
 from msd3d.render.regularisers import RegulariserConfig
 from msd3d.render.shading import ShadingConfig
@@ -71,8 +71,14 @@ class TrainConfig:
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
     eval_views: int = 24
     """Turntable views used to score the run at the end (priors that can score, e.g. the oracle); at most 360."""
+    prefetch_steps: int = 16
+    """For priors whose conditioning is expensive (the oracle renders its target images), condition this
+    many steps at once, in one batch (0 or 1 = one step at a time). Each step's cameras, shading and
+    lights come from the seed and the step alone; the value changes results only at float rounding."""
 
     def validate(self) -> None:
+        if self.prefetch_steps < 0:
+            raise ValueError(f"train.prefetch_steps must be 0 (off) or positive, got {self.prefetch_steps}")
         if self.steps < 1:
             raise ValueError("train.steps must be at least 1")
         if self.lr <= 0 or self.lr_network <= 0:
@@ -245,7 +251,7 @@ def _one_line(exc: OmegaConfBaseException, base: DictConfig | None = None) -> st
     if "not in" in msg or "Key '" in msg and "not" in msg:
         return (
             f"unknown config key {key!r}{_did_you_mean(base, key)}: "
-            "check the spelling against the README's config reference"
+            "check the spelling against docs/config.md"
         )
     return f"bad value for config key {key!r}: {msg}"
 

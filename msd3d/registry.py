@@ -119,10 +119,10 @@ PRIORS = Registry(
             "msd3d.priors.stable_diffusion:StableDiffusionConfig",
             "msd3d.priors.stable_diffusion:StableDiffusionPrior",
         ),
-        "oracle": ("msd3d.priors.oracle:OracleConfig", "msd3d.priors.oracle:OraclePrior"),
+        "oracle": ("msd3d.catalogue.oracle:OracleConfig", "msd3d.catalogue.oracle:OraclePrior"),
         "learned": (
-            "msd3d.priors.learned_catalogue_config:LearnedPriorConfig",
-            "msd3d.priors.learned_catalogue:build_learned_prior",
+            "msd3d.catalogue.learned_prior_config:LearnedPriorConfig",
+            "msd3d.catalogue.learned_prior:build_learned_prior",
         ),
     },
 )

@@ -29,12 +29,13 @@ from msd3d.config import RunConfig, check_text, to_yaml
 from msd3d.device import resolve_device
 from msd3d.errors import ConfigError, Msd3dError
 from msd3d.guidance import Guidance, build_guidance
-from msd3d.priors import build_prior
+from msd3d.prefetch import ConditionPrefetcher
 from msd3d.priors.base import DiffusionPrior
+from msd3d.priors.choice import build_prior
 from msd3d.progress_bar import make_progress
-from msd3d.render.cameras import sample_cameras, turntable_cameras, view_prompts
+from msd3d.render.cameras import turntable_cameras
 from msd3d.render.regularisers import regulariser_losses
-from msd3d.render.shading import choose_shading, needs_light, sample_light_positions
+from msd3d.render.views import ViewStream
 from msd3d.render.volume import VolumeRenderer
 from msd3d.run_dir import MetricsLog, RunDir, load_checkpoint, save_checkpoint
 from msd3d.scene_builder import build_renderer
@@ -128,6 +129,16 @@ class Trainer:
         self.guidance: Guidance = build_guidance(config.guidance.name, self.prior, config.guidance)
         self.guidance.defer_stats = True  # train_step reads every statistic in one host transfer
         self.optimizer = self._build_optimizer()
+        # each step's cameras, shading and lights come from (seed, step) alone (render/views.py)
+        self.views = ViewStream(
+            config.prompt, config.camera, config.shading, config.render.resolution, config.seed,
+            view_dependent_prompts=config.view_dependent_prompts,
+        )
+        chunk = config.train.prefetch_steps if self.prior.prefetch_conditions else 1
+        self.conditions = ConditionPrefetcher(
+            self.prior, self.views, config.train.steps, negative_prompt=config.negative_prompt,
+            ambient_ratio=config.shading.ambient_ratio, device=self.device, chunk=max(1, chunk),
+        )
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = 0
@@ -244,14 +255,10 @@ class Trainer:
         total = cfg.train.steps
         self.renderer.train()
         self.renderer.update_occupancy(step)
-        cameras = sample_cameras(cfg.camera, cfg.render.resolution, generator=self.generator)
-        # prompts from the host copy of the cameras: reading device tensors would wait for the GPU
-        prompts = (
-            view_prompts(cfg.prompt, cameras, cfg.camera) if cfg.view_dependent_prompts else [cfg.prompt] * len(cameras)
-        )
-        cameras = cameras.to(self.device)
-        shading = choose_shading(step, cfg.shading, self.generator)
-        lights = sample_light_positions(cameras, cfg.shading, self.generator) if needs_light(shading) else None
+        view, cond = self.conditions.get(step)  # the oracle's images are shaded like this step's render
+        cameras = view.cameras.to(self.device)
+        shading = view.shading
+        lights = None if view.light_positions is None else view.light_positions.to(self.device)
         out = self.renderer(
             cameras,
             shading=shading,
@@ -259,10 +266,6 @@ class Trainer:
             generator=self.generator,
             with_normals=cfg.regularisers.needs_normals(step, total),
         )
-        cond = self.prior.condition(
-            prompts, negative_prompt=cfg.negative_prompt, cameras=cameras,
-            shading=shading, light_positions=lights, ambient_ratio=cfg.shading.ambient_ratio,
-        )  # the oracle renders its images shaded like this step's render
         x = self.prior.encode(out.image())
         guided = self.guidance(x, cond, step, total, generator=self.generator)
         losses = {"guidance": guided.loss(x)}

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from msd3d.atomic_io import atomic_write_text
-from msd3d.priors.catalogue import CATALOGUE
-from msd3d.priors.learned_catalogue import load_learned_prior
-from msd3d.priors.learned_catalogue_config import SHIPPED_WEIGHTS
-from msd3d.priors.prompt_attributes import variant_log_weights
+from msd3d.catalogue.families import CATALOGUE
+from msd3d.catalogue.learned_prior import load_learned_prior
+from msd3d.catalogue.learned_prior_config import SHIPPED_WEIGHTS
+from msd3d.catalogue.prompt_attributes import variant_log_weights
 from msd3d.render.cameras import CameraConfig, sample_cameras, view_prompts
 
 SIGMAS = (0.3, 0.7, 1.5, 3.0, 6.0, 12.0)

@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from msd3d.atomic_io import atomic_path
+    from msd3d.catalogue.scoring import true_surface
     from msd3d.export.mesh import extract_mesh
-    from msd3d.scoring.geometry import true_surface
     from msd3d.workflows.assets import load_trained_renderer
 
     families = [f for f in args.families.split(",") if f]

@@ -11,7 +11,7 @@ variant rather than on their blend.
 The table (also ``table.md``) has one row per run: family, method, steps, wall time (training +
 scoring + exports), training it/s, mode PSNR, blend PSNR, mode - blend, nearest variant, and the
 geometry of the exported mesh (default export) against the nearest variant's true surface
-(``msd3d.scoring.geometry``): Chamfer distance (world units), F-score at 0.02 and 0.05, normal
+(``msd3d.catalogue.scoring``): Chamfer distance (world units), F-score at 0.02 and 0.05, normal
 consistency, height as a percentage of the true height, connected components, watertight; and summary
 rows: mean per method and the number of families where MSD's mode PSNR beats SDS's (and SDI's).
 ``results.json`` holds the rows, the summary and the command. Every run keeps its directory under
@@ -52,9 +52,9 @@ from rich.console import Console
 from rich.table import Table
 
 from msd3d.atomic_io import atomic_write_text
+from msd3d.catalogue.families import CATALOGUE
 from msd3d.config import RunConfig, load_config, recipe_dir
 from msd3d.errors import Msd3dError
-from msd3d.priors.catalogue import CATALOGUE
 from msd3d.registry import GUIDANCE
 from msd3d.run_dir import RunDir, read_json, write_json
 from msd3d.workflows.text_to_3d import generate

@@ -7,7 +7,7 @@ Writes ``<out>/learned_prior.safetensors`` (UNet + word embeddings + settings; l
 ``prior.name=learned prior.learned.weights=<file>``) and ``<out>/MODEL_CARD.md`` / ``model_card.json``:
 data, steps, time, epsilon-MSE by sigma band, and sample quality (DDIM samples of "a <family>" versus
 the variants at the same cameras: mode and blend PSNR per family). The recipe is documented in
-:mod:`msd3d.priors.learned_catalogue`. On CUDA (``--device cuda``) a larger model trains faster.
+:mod:`msd3d.catalogue.learned_prior`. On CUDA (``--device cuda``) a larger model trains faster.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from rich.progress import Progress
 
-    from msd3d.priors.learned_catalogue import (
+    from msd3d.catalogue.learned_prior import (
         LearnedPriorTrainConfig,
         load_learned_prior,
         save_learned_prior,
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
 def write_card(args: argparse.Namespace, prior, config, meta: dict) -> dict:
     """Score ``prior``'s samples and write ``model_card.json``, ``MODEL_CARD.md`` and ``samples.png``."""
     from msd3d.atomic_io import atomic_write_json, atomic_write_text
-    from msd3d.priors.learned_catalogue import attribute_preference, sample_quality
+    from msd3d.catalogue.learned_prior import attribute_preference, sample_quality
 
     weights = args.out / "learned_prior.safetensors"
     quality = sample_quality(prior, config, steps=args.sample_steps, guidance_scale=args.sample_cfg, seed=args.seed,

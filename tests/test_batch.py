@@ -260,3 +260,21 @@ def test_interrupted_entry_resumes_and_shard_runs_its_entries(tmp_path):
     assert run_summary["steps"] == 4 and run_summary["steps_this_session"] == 2  # resumed, not restarted
     assert not plan[1].run_dir.exists()  # entry 1 belongs to the other shard
     assert not (root / "batch_summary.json").exists()
+
+
+def test_threads_option_caps_torch_threads_while_the_entries_run(tmp_path):
+    """issue 25: ``msd3d batch --threads N`` runs the local executor's entries on N torch threads (on a
+    shared machine oversubscribed threads wait on each other), and gives the count back afterwards."""
+    import torch
+
+    from msd3d.workflows.batch_runner import run_batch
+
+    path = write_batch(tmp_path, "defaults: {config: tiny.yaml}\nprompts:\n  - a flying teapot\n")
+    plan = plan_batch(load_batch_file(path), tmp_path / "out")
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    result = run_batch(plan, show_progress=False, log=lambda m: None, threads=3,
+                       on_result=lambda r: seen.append(torch.get_num_threads()))
+    assert seen == [3] and [e.status for e in result.entries] == ["failed"]
+    assert torch.get_num_threads() == before
+    assert "--threads" in invoke("--help").stdout

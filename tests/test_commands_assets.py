@@ -240,7 +240,7 @@ PROBE = """
 import json, sys, typer
 from msd3d.commands.export import export
 from msd3d.commands.render import render
-from msd3d.priors.oracle import OraclePrior
+from msd3d.catalogue.oracle import OraclePrior
 from msd3d.priors.stable_diffusion import StableDiffusionPrior
 
 built = []

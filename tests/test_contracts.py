@@ -28,7 +28,7 @@ def _gmm_case(tmp_path_factory):
 
 
 def _oracle_case(tmp_path_factory):
-    from msd3d.priors.oracle import OracleConfig, OraclePrior
+    from msd3d.catalogue.oracle import OracleConfig, OraclePrior
     from msd3d.render.cameras import turntable_cameras
 
     prior = OraclePrior(OracleConfig(unconditional="all_families"))  # with an unconditional branch (CFG)
@@ -52,7 +52,7 @@ def _sd_case(tmp_path_factory):
 
 
 def _learned_case(tmp_path_factory):
-    from msd3d.priors.learned_catalogue import LearnedPriorTrainConfig, prior_from_components, train_learned_prior
+    from msd3d.catalogue.learned_prior import LearnedPriorTrainConfig, prior_from_components, train_learned_prior
 
     if "learned" not in _SD_FOLDER:
         config = LearnedPriorTrainConfig(render_size=8, block_out_channels=(8, 16), attention_head_dim=4, text_dim=8,

@@ -1,4 +1,4 @@
-"""Ground-truth geometry scores (msd3d.scoring.geometry): the truth scores ~0, damaged copies clearly worse."""
+"""Ground-truth geometry scores (msd3d.catalogue.scoring): the truth scores ~0, damaged copies clearly worse."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 import trimesh
 
+from msd3d.catalogue.families import CATALOGUE
+from msd3d.catalogue.scoring import format_geometry_scores, score_mesh_against_family, surface_scores, true_surface
+from msd3d.catalogue.shapes import SDFField
 from msd3d.export.mesh import MeshExportConfig, extract_mesh
-from msd3d.priors.catalogue import CATALOGUE
-from msd3d.priors.shapes import SDFField
-from msd3d.scoring.geometry import format_geometry_scores, score_mesh_against_family, surface_scores, true_surface
 
 SAMPLES = 20000  # plenty for these margins, and ~3x faster than the default
 
@@ -134,3 +134,18 @@ def test_mesh_sections_script_draws_every_family(tiny_run_overrides, tmp_path):
     width, height = Image.open(out).size
     assert width > 100 and height > 100
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".png"] == ["sections.png"]
+
+
+def test_family_scores_equal_the_pairwise_scores_against_each_variant():
+    """issue 25: scoring against a family samples the mesh once and caches the truths' samples; the
+    numbers are exactly those of :func:`surface_scores` against each variant's true surface."""
+    family = CATALOGUE["mushroom"]
+    mesh = true_surface(family, 1).copy()
+    mesh.apply_translation([0.01, 0.0, -0.02])
+    scores = score_mesh_against_family(mesh, family, samples=SAMPLES)
+    for name in family.variant_names:
+        pair = surface_scores(mesh, true_surface(family, name), samples=SAMPLES)
+        assert scores["variant_chamfer"][name] == pair["chamfer"]
+        if name == scores["nearest_variant"]:
+            assert {k: scores[k] for k in pair} == pair
+    assert scores["nearest_variant"] == family.variant_names[1]

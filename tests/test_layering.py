@@ -109,3 +109,19 @@ def test_no_module_level_import_circles():
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert not circles, circles[:5]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *_sources("priors", "guidance", "scene", "render", "export"),
+        *(PACKAGE / name for name in ("train.py", "scene_builder.py", "config.py")),
+    ],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_the_product_does_not_import_the_test_instrument(path):
+    """issue 24: the shape catalogue, its priors and scoring live in ``msd3d/catalogue/``; the prior interface,
+    Stable Diffusion, guidance, scene, renderer, export and trainer never import it (the registry names its
+    priors by string, the workflows and commands ask it for scores)."""
+    bad = sorted(m for m in imported_modules(path) if m.startswith("msd3d.catalogue"))
+    assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {bad}"

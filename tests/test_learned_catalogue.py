@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msd3d.errors import ModelLoadError
-from msd3d.priors import PriorConfig, build_prior
-from msd3d.priors.base import DiffusionPrior
-from msd3d.priors.learned_catalogue import (
+from msd3d.catalogue.learned_prior import (
     LearnedPriorTrainConfig,
     WordTokenizer,
     catalogue_vocabulary,
@@ -23,7 +20,10 @@ from msd3d.priors.learned_catalogue import (
     save_learned_prior,
     train_learned_prior,
 )
-from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
+from msd3d.catalogue.learned_prior_config import LearnedPriorConfig
+from msd3d.errors import ModelLoadError
+from msd3d.priors.base import DiffusionPrior
+from msd3d.priors.choice import PriorConfig, build_prior
 from msd3d.priors.stable_diffusion import StableDiffusionPrior
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_trains_saves_and_loads_through_the_prior_interface(trained):
         prior.denoise(z, 0.5, same)[0], d[0]
     )
     # which variant it prefers from the variants' blend: a distribution over the family's variants
-    from msd3d.priors.catalogue import CATALOGUE
+    from msd3d.catalogue.families import CATALOGUE
     from msd3d.render.cameras import turntable_cameras
 
     share = preferred_variant(prior, "a red mushroom", CATALOGUE["mushroom"], turntable_cameras(1, 8), samples=4)
@@ -107,7 +107,7 @@ def test_training_script_runs_a_tiny_configuration(tmp_path):
 
 
 def test_training_data_holds_the_trainers_shading_modes():
-    from msd3d.priors.learned_catalogue import render_dataset
+    from msd3d.catalogue.learned_prior import render_dataset
 
     config = LearnedPriorTrainConfig(render_size=16, families=("mushroom",), views_per_variant=12,
                                      shading_probs=(0.4, 0.3, 0.3))
@@ -127,8 +127,8 @@ def test_training_data_holds_the_trainers_shading_modes():
 def test_the_shipped_prior_loads_by_default_and_reads_attribute_words():
     """``prior.name: learned`` with no weights loads the trained prior shipped in the package (<= 25 MB,
     model card beside it); its CFG changes the output and colour words move it to the named variant."""
-    from msd3d.priors.catalogue import CATALOGUE
-    from msd3d.priors.learned_catalogue_config import SHIPPED_WEIGHTS
+    from msd3d.catalogue.families import CATALOGUE
+    from msd3d.catalogue.learned_prior_config import SHIPPED_WEIGHTS
     from msd3d.render.cameras import turntable_cameras
 
     assert SHIPPED_WEIGHTS.is_file() and SHIPPED_WEIGHTS.stat().st_size <= 25e6
@@ -156,8 +156,8 @@ def test_camera_conditioned_prior_reads_the_camera_and_refuses_without_one(tmp_p
     """The camera-conditioned variant (MVDream-style view features on the time embedding) trains, saves and
     loads; its denoised estimate depends on the camera, CFG leaves the view alone, and a call without
     cameras is a one-line error."""
+    from msd3d.catalogue.learned_prior import VIEW_FEATURES, view_features
     from msd3d.errors import Msd3dError
-    from msd3d.priors.learned_catalogue import VIEW_FEATURES, view_features
     from msd3d.render.cameras import CameraConfig, sample_cameras
 
     config = LearnedPriorTrainConfig(**{**_tiny().__dict__, "camera_conditioning": True})

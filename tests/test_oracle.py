@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
+from msd3d.catalogue.families import CATALOGUE, find_family, list_catalogue, match_family, strip_view_suffix
+from msd3d.catalogue.oracle import MAX_PSNR, OracleConfig, OraclePrior, ideal_denoiser, score_renders
+from msd3d.catalogue.shapes import sd_capped_cone, sd_frustum
 from msd3d.errors import Msd3dError
 from msd3d.guidance.msd import MSD, MSDConfig
-from msd3d.priors.catalogue import CATALOGUE, find_family, list_catalogue, match_family, strip_view_suffix
-from msd3d.priors.oracle import MAX_PSNR, OracleConfig, OraclePrior, ideal_denoiser, score_renders
-from msd3d.priors.shapes import sd_capped_cone, sd_frustum
-from msd3d.render.cameras import orbit_cameras, turntable_cameras
+from msd3d.render.cameras import CameraConfig, orbit_cameras, turntable_cameras
 from msd3d.scene.base import RadianceField
 
 
@@ -338,3 +338,58 @@ def test_oracle_shades_its_variants_like_the_trainer_renders_them():
         ["a donut"] * 2, cameras=cams, shading="textureless", light_positions=lights
     ).cond["images"]
     assert torch.allclose(flat, prior.render_family(family, cams)) and not torch.allclose(lit, flat)
+
+
+@pytest.mark.parametrize("unconditional", ["none", "all_families"])
+def test_condition_many_equals_one_condition_per_request(unconditional):
+    """issue 25: the oracle traces many steps' cameras in one batch; every request's condition is the
+    same as its own ``condition()`` call, across shading modes, families and batch sizes, to float rounding
+    (vectorised kernels round a tensor's tail differently; lit images take finite differences of the SDF)."""
+    from msd3d.priors.base import ConditionRequest
+    from msd3d.render.shading import ShadingConfig
+    from msd3d.render.views import ViewStream
+
+    prior = OraclePrior(OracleConfig(unconditional=unconditional, supersample=1, max_steps=16))
+    camera = CameraConfig(batch_size=2)
+    stream = ViewStream("a red mushroom", camera, ShadingConfig(albedo_only_steps=0), resolution=12, seed=3)
+    views = stream.views(0, 6)
+    assert len({v.shading for v in views}) > 1
+    one_family = [["a red mushroom", "a red mushroom, side view"]] * 2
+    mixed = [["a red mushroom"] * 2, ["a donut", "a donut, side view"]]
+    for prompts in (one_family, mixed):
+        requests = [
+            ConditionRequest(prompts[i % 2], cameras=v.cameras, shading=v.shading, light_positions=v.light_positions)
+            for i, v in enumerate(views)
+        ]
+        for request, batched in zip(requests, prior.condition_many(requests)):
+            alone = prior.condition(
+                request.prompts, cameras=request.cameras, shading=request.shading,
+                light_positions=request.light_positions,
+            )
+            for branch in ("cond", "uncond"):
+                a, b = getattr(batched, branch), getattr(alone, branch)
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert a.keys() == b.keys()
+                    for k in a:
+                        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=0), k
+                        if k == "images" and request.shading == "albedo":
+                            assert torch.equal(a[k], b[k]), "unlit images are exact"
+            assert batched.prompts == alone.prompts and batched.batch_size == alone.batch_size
+
+
+def test_view_stream_is_a_function_of_seed_and_step():
+    from msd3d.render.shading import ShadingConfig
+    from msd3d.render.views import ViewStream
+
+    def stream(seed):
+        return ViewStream("a mushroom", CameraConfig(batch_size=2), ShadingConfig(albedo_only_steps=2), 16, seed)
+
+    a, b = stream(0), stream(0)
+    late_first = b.view(7)
+    in_order = a.views(0, 8)
+    assert torch.equal(in_order[7].cameras.c2w, late_first.cameras.c2w)
+    assert in_order[7].shading == late_first.shading and in_order[7].prompts == late_first.prompts
+    assert [v.shading for v in in_order[:2]] == ["albedo", "albedo"]
+    assert not torch.equal(in_order[3].cameras.c2w, in_order[4].cameras.c2w)
+    assert not torch.equal(stream(1).view(7).cameras.c2w, late_first.cameras.c2w)

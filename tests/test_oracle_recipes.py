@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from msd3d.catalogue.families import CATALOGUE
 from msd3d.config import load_config, recipe_dir, resolve_recipe
-from msd3d.priors.catalogue import CATALOGUE
 from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import turntable_cameras
 from msd3d.render.shading import choose_shading
@@ -167,8 +167,8 @@ def test_bench_runs_one_family_and_resumes(tmp_path, capsys):
 def test_attribute_prompts_name_exactly_their_variant():
     """Every everyday prompt of ``--attributes`` picks its family and, by the prompt-attribute rules the
     oracle and the scores use, only the variant it is filed under."""
-    from msd3d.priors.catalogue import match_family
-    from msd3d.priors.prompt_attributes import variant_log_weights
+    from msd3d.catalogue.families import match_family
+    from msd3d.catalogue.prompt_attributes import variant_log_weights
 
     bench = _bench_module()
     assert len(bench.ATTRIBUTE_PROMPTS) == sum(len(f) for f in CATALOGUE.values()) == 30

@@ -23,9 +23,9 @@ def test_every_subpackage_is_listed():
 def test_package_data_covers_the_shipped_weights_and_card():
     from fnmatch import fnmatch
 
-    data = _setuptools()["package-data"]["msd3d.priors"]
-    weights = ROOT / "msd3d" / "priors" / "weights"
+    data = _setuptools()["package-data"]["msd3d.catalogue"]
+    weights = ROOT / "msd3d" / "catalogue" / "weights"
     files = [p.relative_to(weights.parent).as_posix() for p in weights.iterdir()] if weights.is_dir() else []
-    assert files, "msd3d/priors/weights/ holds the shipped learned prior"
+    assert files, "msd3d/catalogue/weights/ holds the shipped learned prior"
     for name in files:
         assert any(fnmatch(name, pattern) for pattern in data), f"{name} is not in package-data"

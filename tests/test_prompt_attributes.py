@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from msd3d.priors.catalogue import CATALOGUE, match_family
-from msd3d.priors.oracle import OracleConfig, OraclePrior
-from msd3d.priors.prompt_attributes import prompt_attributes, variant_attributes, variant_log_weights
+from msd3d.catalogue.families import CATALOGUE, match_family
+from msd3d.catalogue.oracle import OracleConfig, OraclePrior
+from msd3d.catalogue.prompt_attributes import prompt_attributes, variant_attributes, variant_log_weights
 from msd3d.render.cameras import orbit_cameras
 
 

@@ -40,6 +40,11 @@ def batch(
         help="Let entries' 'out' be absolute, ~ or climb out of the batch root with '..'.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    threads: int = typer.Option(
+        0, min=0,
+        help="Torch threads per entry with the local executor (0: torch's default, one per core). Use 1 when "
+        "the machine is shared, e.g. several shards at once: oversubscribed threads wait on each other.",
+    ),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS", rich_help_panel="Ray executor",
         help="Run entries as Ray tasks (needs the ray extra): --ray local starts Ray on this machine (one entry per "
@@ -125,7 +130,8 @@ def batch(
         try:
             if ray_options is None:
                 result = run_batch(
-                    plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress
+                    plan, show_progress=not quiet, log=_log, fail_fast=fail_fast, on_result=save_progress,
+                    threads=threads,
                 )
             else:
                 from msd3d.workflows.batch_ray import run_ray_batch

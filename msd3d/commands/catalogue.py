@@ -10,7 +10,7 @@ from msd3d.commands import user_errors
 def catalogue() -> None:
     """List the oracle prior's shape families and variants (prompts for --prior oracle)."""
     with user_errors():
-        from msd3d.priors.oracle import list_catalogue
+        from msd3d.catalogue.oracle import list_catalogue
 
         for family in list_catalogue():
             typer.echo(f"{family['name']}: {family.get('description', '')}")

@@ -147,6 +147,6 @@ def export(
             f"{time.perf_counter() - t0:.1f} s"
         )
         if config.prior.name == "oracle":  # the catalogue knows the true shapes: score the mesh against them
-            from msd3d.scoring.geometry import format_geometry_scores, score_mesh_against_family
+            from msd3d.catalogue.scoring import format_geometry_scores, score_mesh_against_family
 
             typer.echo(format_geometry_scores(score_mesh_against_family(mesh, config.prompt)))

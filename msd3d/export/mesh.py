@@ -212,7 +212,7 @@ def ray_opacity_and_peak(
     opacity is the volume-rendering ``1 - exp(-sum(sigma * delta))``.
     Returns ``opacity`` and ``peak``, each (N * H * W,).
     """
-    from msd3d.priors.shapes import ray_box
+    from msd3d.render.cameras import ray_box
 
     resolution = grid.shape[0]
     spacing = 2.0 * bound / (resolution - 1)

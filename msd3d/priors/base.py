@@ -44,6 +44,24 @@ class Condition:
         )
 
 
+    def rows(self, start: int, stop: int) -> Condition:
+        """The condition of samples ``start .. stop - 1`` (payloads sliced along the batch dimension)."""
+        return Condition(
+            cond=_slice_payload(self.cond, start, stop),
+            uncond=None if self.uncond is None else _slice_payload(self.uncond, start, stop),
+            batch_size=stop - start,
+            prompts=list(self.prompts[start:stop]),
+        )
+
+
+def _slice_payload(payload: Any, start: int, stop: int) -> Any:
+    if isinstance(payload, Tensor):
+        return payload[start:stop]
+    if isinstance(payload, dict):
+        return {k: _slice_payload(v, start, stop) for k, v in payload.items()}
+    raise TypeError(f"cannot slice a condition payload of type {type(payload).__name__}")
+
+
 def _repeat_payload(payload: Any, n: int) -> Any:
     if isinstance(payload, Tensor):
         return payload.repeat(n, *([1] * (payload.ndim - 1)))
@@ -58,6 +76,18 @@ def _concat_payloads(a: Any, b: Any) -> Any:
     if isinstance(a, dict):
         return {k: _concat_payloads(a[k], b[k]) for k in a}
     raise TypeError(f"cannot concatenate condition payloads of type {type(a).__name__}")
+
+
+@dataclass
+class ConditionRequest:
+    """The arguments of one :meth:`DiffusionPrior.condition` call, for asking for several at once."""
+
+    prompts: list[str]
+    negative_prompt: str = ""
+    cameras: Any | None = None
+    shading: str | None = None
+    light_positions: Any | None = None
+    ambient_ratio: float = 0.1
 
 
 @dataclass
@@ -104,6 +134,22 @@ class DiffusionPrior(abc.ABC):
         """Encode one prompt per sample. ``cameras`` lets view-aware priors (the oracle) see the
         exact camera of each sample, and ``shading`` / ``light_positions`` (B, 3) / ``ambient_ratio``
         how the step's render was shaded; other priors ignore them."""
+
+    #: Whether conditioning is expensive enough to compute for several steps at once (:meth:`condition_many`,
+    #: ``train.prefetch_steps``): the oracle renders images for it; text embeddings are cached anyway.
+    prefetch_conditions: bool = False
+
+    def condition_many(self, requests: Sequence[ConditionRequest]) -> list[Condition]:
+        """One :class:`Condition` per request, each equal to ``condition(**request)``. Priors whose
+        conditioning batches well (the oracle: one render of every request's cameras) override this.
+        Conditions never draw random numbers, so when they are computed does not change a run."""
+        return [
+            self.condition(
+                r.prompts, negative_prompt=r.negative_prompt, cameras=r.cameras, shading=r.shading,
+                light_positions=r.light_positions, ambient_ratio=r.ambient_ratio,
+            )
+            for r in requests
+        ]
 
     def validate_prompt(self, prompt: str) -> None:
         """Raise a one-line :class:`~msd3d.errors.Msd3dError` if this prior cannot serve ``prompt``

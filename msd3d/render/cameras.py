@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -72,6 +73,23 @@ class Cameras:
     def with_resolution(self, height: int, width: int | None = None) -> Cameras:
         """The same cameras rendering a different image size (field of view unchanged)."""
         return Cameras(self.c2w, self.fovy, height, width or height, self.elevation, self.azimuth, self.distance)
+
+    @staticmethod
+    def cat(batches: Sequence[Cameras]) -> Cameras:
+        """Several batches of cameras of one image size as one batch (in order)."""
+        sizes = {(c.height, c.width) for c in batches}
+        if len(sizes) != 1:
+            raise ValueError(f"cannot concatenate cameras of different image sizes {sorted(sizes)}")
+        (height, width), = sizes
+        return Cameras(
+            c2w=torch.cat([c.c2w for c in batches]),
+            fovy=torch.cat([c.fovy for c in batches]),
+            height=height,
+            width=width,
+            elevation=torch.cat([c.elevation for c in batches]),
+            azimuth=torch.cat([c.azimuth for c in batches]),
+            distance=torch.cat([c.distance for c in batches]),
+        )
 
     def rays(self) -> tuple[Tensor, Tensor]:
         """Ray origins and unit directions through pixel centres: each (B, H, W, 3)."""
@@ -286,3 +304,14 @@ def view_prompts(prompt: str, cameras: Cameras, config: CameraConfig | None = No
         f"{prompt}, {view_name(float(e), float(a), config)} view"
         for e, a in zip(cameras.elevation.tolist(), cameras.azimuth.tolist())
     ]
+
+
+def ray_box(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Entry/exit distances of rays (M, 3) through the box ``[-bound, bound]^3`` and whether they
+    cross it: (t_near (M,), t_far (M,), crosses (M,) bool)."""
+    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t0 = (-bound - origins) / safe
+    t1 = (bound - origins) / safe
+    t_near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
+    t_far = torch.maximum(t0, t1).amin(-1)
+    return t_near, t_far, t_far > t_near

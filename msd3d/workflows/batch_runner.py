@@ -1,7 +1,7 @@
 """Batch runs: many prompts from one YAML file, each trained into its own run directory.
 
 The batch file format (entry keys, ``defaults``, precedence) is documented once, in the commented
-``configs/batches/example.yaml`` (README.md shows a short example); :data:`ENTRY_KEYS` below is what
+``configs/batches/example.yaml`` (docs/usage.md shows a short example); :data:`ENTRY_KEYS` below is what
 the parser accepts.
 
 What fails where:
@@ -26,6 +26,7 @@ Executors: :func:`run_batch` runs the entries one after another in this process;
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -34,7 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from msd3d.atomic_io import atomic_write_text
 from msd3d.config import RunConfig, check_text, load_config, resolve_recipe
@@ -356,7 +357,7 @@ def check_prompt(config: RunConfig) -> None:
     """Raise :class:`Msd3dError` when the prior cannot take ``config.prompt`` (the oracle knows only its
     catalogue), so a bad entry fails in the plan (and ``--dry-run``), not after earlier entries trained."""
     if config.prior.name == "oracle":
-        from msd3d.priors.catalogue import match_family
+        from msd3d.catalogue.families import match_family
 
         match_family(config.prompt)
 
@@ -515,7 +516,7 @@ class PriorCache:
 
     def get(self, config: RunConfig):
         from msd3d.device import resolve_device
-        from msd3d.priors import build_prior
+        from msd3d.priors.choice import build_prior
 
         device = resolve_device(config.device)
         key = f"{config.prior!r}@{device}"
@@ -609,15 +610,43 @@ def run_batch(
     log: Callable[[str], None] = print,
     fail_fast: bool = False,
     on_result: Callable[[EntryResult], None] | None = None,
+    threads: int = 0,
 ) -> BatchResult:
     """Run the planned entries in order (:func:`run_entry` each); a failing entry is recorded and
-    the batch goes on.
+    the batch goes on. ``threads`` > 0 caps torch's intra-op threads while the entries run (restored after).
 
     ``SIGINT``/``SIGTERM`` during training (``TrainingInterrupted``) or ``KeyboardInterrupt``
     stops the batch: the entry is recorded as "interrupted" (its checkpoint lets the next
     invocation resume it), the rest as "not run", and ``BatchResult.interrupted`` is set.
     ``on_result`` is called after each entry (e.g. to rewrite the summary files as it goes).
     """
+    with torch_threads(threads):
+        return _run_in_order(plan, show_progress, log, fail_fast, on_result)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op thread count set to ``threads`` inside the block (0: unchanged)."""
+    if threads <= 0:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_in_order(
+    plan: Sequence[PlannedEntry],
+    show_progress: bool,
+    log: Callable[[str], None],
+    fail_fast: bool,
+    on_result: Callable[[EntryResult], None] | None,
+) -> BatchResult:
     results: list[EntryResult] = []
     priors = PriorCache()
     t_batch = time.perf_counter()

@@ -246,7 +246,7 @@ def build_bench_prior(
     components: prebuilt random-weight components (reused across variants, e.g. eager and compiled);
     built here for ``random_weights`` when not given.
     """
-    from msd3d.priors import build_prior
+    from msd3d.priors.choice import build_prior
 
     cfg = run_config(config)
     if config.random_weights is None and config.model is None:

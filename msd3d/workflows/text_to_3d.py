@@ -122,7 +122,7 @@ def generate(
             summary = trainer.fit(on_step=each_step)
             with interrupt_on_signals(stopped), make_progress(show_progress) as progress:
                 summary.update(finish(trainer, show_progress=show_progress, log=log, progress=progress))
-                write_json(trainer.run.summary, summary)
+                write_json(trainer.run.summary, summary)  # the report page reads it (and is newer: not stale)
                 with _stage(progress, "report"):
                     try:
                         summary["report"] = str(write_run_report(trainer.run.root))  # returned, not in summary.json
@@ -175,10 +175,14 @@ class ScoreLogger:
 
 
 @contextlib.contextmanager
-def _stage(progress: Any, name: str) -> Iterator[None]:
-    """One finishing stage as a progress row (elapsed time shown while it runs; 1/1 when done)."""
+def _stage(progress: Any, name: str, seconds: dict[str, float] | None = None) -> Iterator[None]:
+    """One finishing stage as a progress row (elapsed time shown while it runs; 1/1 when done); its
+    wall time goes into ``seconds[name]`` (``summary.json`` ``stage_seconds``)."""
     task = progress.add_task(name, total=1, show_rate=False)
+    t0 = time.perf_counter()
     yield
+    if seconds is not None:
+        seconds[name] = time.perf_counter() - t0
     progress.update(task, completed=1)
 
 
@@ -192,16 +196,18 @@ def finish(
             return finish(trainer, show_progress=show_progress, log=log, progress=progress)
     config, run = trainer.config, trainer.run
     out: dict[str, Any] = {"run_dir": str(run.root)}
+    stages: dict[str, float] = {}
+    out["stage_seconds"] = stages
     t0 = time.perf_counter()
-    with _stage(progress, "scoring"):
+    with _stage(progress, "scoring", stages):
         scores = trainer.evaluate()
     if scores is not None:
         out["scores"] = scores
-    with _stage(progress, "validation render"):
+    with _stage(progress, "validation render", stages):
         out["validation_png"] = str(trainer.save_validation(trainer.step, overwrite=False))
     if config.export.mesh:
         mesh_t0 = time.perf_counter()
-        with _stage(progress, "mesh"):
+        with _stage(progress, "mesh", stages):
 
             def score(mesh: Any) -> dict[str, Any] | None:
                 return trainer.prior.evaluate_geometry(config.prompt, mesh)
@@ -212,10 +218,12 @@ def finish(
         out["mesh"]["seconds"] = time.perf_counter() - mesh_t0
         log(f"mesh: {', '.join(out['mesh']['files'])}")
     if config.export.video:
+        video_t0 = time.perf_counter()
         path = run.video(config.video.format)
         out["video"] = write_turntable(
             trainer.renderer, config.video, path, show_progress=show_progress, progress=progress
         )
+        stages["video"] = time.perf_counter() - video_t0
         log(f"video: {path}")
     out["finish_seconds"] = time.perf_counter() - t0
     return out

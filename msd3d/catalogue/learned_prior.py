@@ -4,14 +4,14 @@ The rung between the exact oracle and Stable Diffusion (docs/design.md §5): the
 but learned by a diffusers ``UNet2DConditionModel`` the way SD is, so that it has SD's failure modes
 (inputs off its training distribution, classifier-free guidance) while its modes are still known.
 
-* Data: catalogue renders (:meth:`~msd3d.priors.catalogue.Family.render`) of every family and
+* Data: catalogue renders (:meth:`~msd3d.catalogue.families.Family.render`) of every family and
   variant at random cameras in the trainer's ranges (:class:`~msd3d.render.cameras.CameraConfig`),
   each in one of the trainer's shading modes (albedo, or lambertian / textureless under a light drawn
   as the trainer draws it), as pixels in [-1, 1] at ``render_size``. The prompt does not name the
   shading, so like Stable Diffusion the prior holds every look of a prompt and a render is pulled
   towards the nearest one.
 * Text: a word-level "text encoder" (:class:`WordTokenizer` + :class:`WordEncoder`): each known word
-  (family names and synonyms, the variants' attribute words of :mod:`msd3d.priors.prompt_attributes`,
+  (family names and synonyms, the variants' attribute words of :mod:`msd3d.catalogue.prompt_attributes`,
   DreamFusion's view words) is one learned token embedding, read by the UNet's cross-attention like
   CLIP tokens. Training prompts are "a [attribute words] <family>, <view> view", with a random subset
   of the variant's attribute words (none: the family's mixture) and the prompt dropped to "" with
@@ -41,10 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from msd3d.catalogue.families import CATALOGUE, Family, match_family
+from msd3d.catalogue.learned_prior_config import LearnedPriorConfig
+from msd3d.catalogue.prompt_attributes import description_words, normalise_word, variant_attributes
 from msd3d.priors.base import Condition
-from msd3d.priors.catalogue import CATALOGUE, Family, match_family
-from msd3d.priors.learned_catalogue_config import LearnedPriorConfig
-from msd3d.priors.prompt_attributes import description_words, normalise_word, variant_attributes
 from msd3d.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior
 from msd3d.render.cameras import VIEW_NAMES, CameraConfig, sample_cameras, view_name
 
@@ -307,13 +307,13 @@ class LearnedCataloguePrior(StableDiffusionPrior):
             )
 
     def evaluate(self, prompt: str, renders: Tensor, cameras: Any) -> dict[str, Any] | None:
-        from msd3d.priors.oracle import score_renders
+        from msd3d.catalogue.oracle import score_renders
 
         return score_renders(renders, cameras, match_family(prompt))
 
     def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
         """The exported mesh against the nearest variant's true surface, as for the oracle."""
-        from msd3d.scoring.geometry import score_mesh_against_family
+        from msd3d.catalogue.scoring import score_mesh_against_family
 
         return score_mesh_against_family(mesh, match_family(prompt))
 
@@ -578,7 +578,7 @@ def sample_quality(
     albedo, or lambertian / textureless lit from the camera), blend PSNR (to the variants' average in
     that look) and the share of samples whose nearest look is albedo. With ``grid_png``, also writes
     an image: per family, a row of samples above a row of their nearest variants (4x upscaled)."""
-    from msd3d.priors.oracle import psnr_from_mse
+    from msd3d.catalogue.oracle import psnr_from_mse
     from msd3d.render.shading import default_light_positions
 
     gen = torch.Generator().manual_seed(seed)

@@ -1,6 +1,6 @@
 """The oracle prior: the ideal denoiser of a finite set of images, one set per camera.
 
-A prompt selects a catalogue family (:mod:`msd3d.priors.catalogue`); for each training view the
+A prompt selects a catalogue family (:mod:`msd3d.catalogue.families`); for each training view the
 family's variants are rendered at that view's exact camera, and the prior is the uniform mixture of
 those images (data space = images in [0, 1], so ``encode``/``decode`` are the identity). Its exact
 denoiser is the posterior mean over the images,
@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from msd3d.priors.base import Condition, DiffusionPrior
-from msd3d.priors.catalogue import CATALOGUE, Family, find_family, list_catalogue, match_family
-from msd3d.priors.prompt_attributes import variant_log_weights
+from msd3d.catalogue.families import CATALOGUE, Family, find_family, list_catalogue, match_family
+from msd3d.catalogue.prompt_attributes import variant_log_weights
+from msd3d.catalogue.shapes import single_thread
+from msd3d.priors.base import Condition, ConditionRequest, DiffusionPrior
 from msd3d.priors.schedule import VPSchedule
-from msd3d.priors.shapes import single_thread
 from msd3d.render.cameras import Cameras
 from msd3d.validation import check_choice, check_range, join
 
@@ -223,7 +223,7 @@ class OraclePrior(DiffusionPrior):
         ``unconditional="all_families"`` V counts every catalogue variant and the conditional
         log-weights mask out other families; the unconditional payload weights all families
         equally, or only the negative prompt's family when it names one.
-        Attribute words select variants (:mod:`msd3d.priors.prompt_attributes`): "a red mushroom"
+        Attribute words select variants (:mod:`msd3d.catalogue.prompt_attributes`): "a red mushroom"
         keeps only the red one; a prompt without them keeps every variant of its family.
         """
         prompts = list(prompts)
@@ -252,6 +252,40 @@ class OraclePrior(DiffusionPrior):
             batch_size=batch,
             prompts=prompts,
         )
+
+    prefetch_conditions = True  # every condition() sphere-traces the variants: worth doing ahead, in a batch
+
+    def condition_many(self, requests: Sequence[ConditionRequest]) -> list[Condition]:
+        """:meth:`condition` of many requests with one render per shading mode: the requests' cameras
+        are traced as one batch (each ray's image depends on that ray alone, so the result is the same)."""
+        out: list[Condition | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.shading, r.negative_prompt, r.ambient_ratio), []).append(i)
+        for (shading, negative, ambient), members in groups.items():
+            reqs = [requests[i] for i in members]
+            prompts = [p for r in reqs for p in r.prompts]
+            cameras = Cameras.cat([self._cameras_for(r) for r in reqs])
+            lit = all(r.light_positions is not None for r in reqs)
+            lights = torch.cat([r.light_positions.to(self.device) for r in reqs]) if lit else None
+            both = self.condition(
+                prompts, negative_prompt=negative, cameras=cameras, shading=shading,
+                light_positions=lights, ambient_ratio=ambient,
+            )
+            start = 0
+            for i, r in zip(members, reqs):
+                out[i] = both.rows(start, start + len(r.prompts))
+                start += len(r.prompts)
+        return out  # type: ignore[return-value]
+
+    def _cameras_for(self, request: ConditionRequest) -> Cameras:
+        """The request's cameras on this device, one per prompt (a single camera is shared)."""
+        cameras = request.cameras
+        if cameras is None:
+            raise ValueError("the oracle prior renders at the training cameras: pass cameras=")
+        if len(cameras) == 1 and len(request.prompts) > 1:
+            cameras = cameras[torch.zeros(len(request.prompts), dtype=torch.long)]
+        return cameras.to(self.device)
 
     def _log_weights(self, families: Sequence[Family], prompt: str = "") -> Tensor:
         """(V_all,) log-weights: families equally likely; within each, the variants ``prompt``'s
@@ -310,7 +344,7 @@ class OraclePrior(DiffusionPrior):
 
     def evaluate_geometry(self, prompt: str, mesh: Any) -> dict[str, Any] | None:
         """Geometry scores of an exported mesh against the nearest variant's true surface
-        (:func:`msd3d.scoring.geometry.score_mesh_against_family`)."""
-        from msd3d.scoring.geometry import score_mesh_against_family
+        (:func:`msd3d.catalogue.scoring.score_mesh_against_family`)."""
+        from msd3d.catalogue.scoring import score_mesh_against_family
 
         return score_mesh_against_family(mesh, self.family_for(prompt))

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msd3d.errors import Msd3dError
-from msd3d.priors.shapes import (
+from msd3d.catalogue.shapes import (
     XYZ,
     SDFField,
     euler_matrix,
@@ -33,7 +32,6 @@ from msd3d.priors.shapes import (
     op_subtract,
     op_union,
     polar_repeat,
-    ray_box,
     rotate_y,
     sd_box,
     sd_capsule,
@@ -48,7 +46,8 @@ from msd3d.priors.shapes import (
     switch,
     translate,
 )
-from msd3d.render.cameras import Cameras
+from msd3d.errors import Msd3dError
+from msd3d.render.cameras import Cameras, ray_box
 
 RGB = tuple[float, float, float]
 
@@ -213,8 +212,8 @@ class Family:
             rot = self.rotations.to(device).index_select(0, vsel)  # (V, 3, 3)
             off = self.offsets.to(device).index_select(0, vsel)  # (V, 3)
             # local = R^T (world - offset), with row vectors: world @ R - offset @ R
-            o_local = torch.einsum("bhwj,vji->bvhwi", origins, rot) - (off[:, None, :] @ rot)[None, :, :, None, :]
-            d_local = torch.einsum("bhwj,vji->bvhwi", dirs, rot)
+            o_local = _rows_times(origins, rot) - (off[:, None, :] @ rot)[None, :, :, None, :]
+            d_local = _rows_times(dirs, rot)
             pixel = 2.0 * torch.tan(0.5 * cameras.fovy.to(device)) / (h * s)  # (B,) radians per pixel
             pixel = pixel[:, None, None, None].expand(b, v, h * s, w * s).reshape(-1)
             ray_variant = torch.arange(v, device=device)[None, :, None, None].expand(b, v, h * s, w * s).reshape(-1)
@@ -249,7 +248,7 @@ class Family:
                     if shading != "albedo":
                         # the light in each variant's local frame: R^T (light - offset)
                         lights = light_positions.to(device).float()  # (B, 3)
-                        l_local = torch.einsum("bj,vji->bvi", lights, rot) - (off[:, None, :] @ rot)[None, :, 0, :]
+                        l_local = _rows_times(lights, rot) - (off[:, None, :] @ rot)[None, :, 0, :]
                         ray_light = l_local[:, :, None, :].expand(b, v, h * s * w * s, 3).reshape(-1, 3)
                         l_seen = ray_light.index_select(0, sel.index_select(0, seen))
                         col = self._lit(pts, p_seen, col, l_seen, shading, ambient_ratio)
@@ -335,6 +334,17 @@ class Shape:
     def field(self, beta: float = 0.01, bound: float = 1.0) -> SDFField:
         """This shape as a :class:`RadianceField` (VolSDF density of sharpness ``beta``)."""
         return SDFField(self.sdf, self.albedo, bound=bound, beta=beta)
+
+
+def _rows_times(x: Tensor, rot: Tensor) -> Tensor:
+    """World vectors x (B, *S, 3), as rows, times each variant's rotation rot (V, 3, 3): (B, V, *S, 3).
+
+    Three multiply-adds instead of a matmul, so a ray's result does not depend on how many cameras are
+    rendered together (a matmul's blocking, and so its rounding, changes with the batch size).
+    """
+    xs = x.unsqueeze(1)  # (B, 1, *S, 3)
+    r = rot.reshape(1, rot.shape[0], *([1] * (x.ndim - 2)), 3, 3)  # (1, V, 1, .., 1, 3, 3)
+    return xs[..., 0:1] * r[..., 0, :] + xs[..., 1:2] * r[..., 1, :] + xs[..., 2:3] * r[..., 2, :]
 
 
 def _background(background: Sequence[float] | float, device: torch.device) -> Tensor:

@@ -279,17 +279,6 @@ class TraceResult:
     steps: int
 
 
-def ray_box(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Entry/exit distances of rays (M, 3) through the box ``[-bound, bound]^3`` and whether they
-    cross it: (t_near (M,), t_far (M,), crosses (M,) bool)."""
-    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
-    t0 = (-bound - origins) / safe
-    t1 = (bound - origins) / safe
-    t_near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
-    t_far = torch.maximum(t0, t1).amin(-1)
-    return t_near, t_far, t_far > t_near
-
-
 def sphere_trace(
     origins: Tensor,
     dirs: Tensor,

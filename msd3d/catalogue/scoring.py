@@ -1,6 +1,6 @@
 """Ground-truth geometry scores: an exported mesh against the true surface of a catalogue variant.
 
-Every catalogue variant (:mod:`msd3d.priors.catalogue`) is a signed distance function, so a mesh
+Every catalogue variant (:mod:`msd3d.catalogue.families`) is a signed distance function, so a mesh
 made from an oracle run can be scored in 3-D. The true surface is the zero level set of the
 variant's SDF, meshed by marching cubes on a fine grid (cached per variant). Both surfaces are
 sampled uniformly by area with a fixed seed, and nearest neighbours (k-d tree) give:
@@ -21,13 +21,14 @@ seeds (tested), well inside the 5 % the scores are read at.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from msd3d.catalogue.families import CATALOGUE, Family, Shape, match_family
 from msd3d.lazy import lazy_module
-from msd3d.priors.catalogue import CATALOGUE, Family, Shape, match_family
 
 trimesh = lazy_module("trimesh")  # imported on first use: `render` and `--help` never need it
 
@@ -95,10 +96,37 @@ def true_surface(
     return _true_surface_cached(fam.name, fam.variant_index(variant), int(resolution))
 
 
-def _sample(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` points uniform by area (P, 3) and their faces' unit normals (P, 3)."""
-    points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return np.asarray(points, np.float64), np.asarray(mesh.face_normals[face_index], np.float64)
+@dataclass(frozen=True)
+class _Surface:
+    """What the scores need of one surface: area-uniform samples, their normals, a k-d tree over them,
+    and the mesh's extents, components and watertightness (computed once, reused against every variant)."""
+
+    points: np.ndarray  # (P, 3)
+    normals: np.ndarray  # (P, 3) unit normals of the sampled faces
+    tree: Any  # scipy.spatial.cKDTree over points
+    extents: np.ndarray  # (3,) bounding-box size
+    components: int
+    watertight: bool
+
+    @staticmethod
+    def of(mesh: trimesh.Trimesh, count: int, seed: int) -> _Surface:
+        from scipy.spatial import cKDTree
+
+        points, face_index = trimesh.sample.sample_surface(mesh, count, seed=seed)
+        points = np.asarray(points, np.float64)
+        return _Surface(
+            points=points,
+            normals=np.asarray(mesh.face_normals[face_index], np.float64),
+            tree=cKDTree(points),
+            extents=np.asarray(mesh.bounds[1] - mesh.bounds[0], np.float64),
+            components=_components(mesh),
+            watertight=_watertight(mesh),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _true_surface_sample(family_name: str, variant: int, resolution: int, count: int, seed: int) -> _Surface:
+    return _Surface.of(_true_surface_cached(family_name, variant, resolution), count, seed)
 
 
 def _components(mesh: trimesh.Trimesh) -> int:
@@ -123,18 +151,11 @@ def _watertight(mesh: trimesh.Trimesh) -> bool:
     return bool(merged.is_watertight)
 
 
-def surface_scores(
-    mesh: trimesh.Trimesh, truth: trimesh.Trimesh, samples: int = DEFAULT_SAMPLES, seed: int = 0
-) -> dict[str, Any]:
-    """Chamfer, F-scores, normal consistency and extents of ``mesh`` against ``truth`` (see module doc)."""
-    from scipy.spatial import cKDTree
-
-    if len(mesh.faces) == 0:
-        raise ValueError("cannot score an empty mesh")
-    p_mesh, n_mesh = _sample(mesh, samples, seed)
-    p_true, n_true = _sample(truth, samples, seed + 1)
-    d_mesh, i_mesh = cKDTree(p_true).query(p_mesh)  # mesh -> truth (accuracy)
-    d_true, i_true = cKDTree(p_mesh).query(p_true)  # truth -> mesh (completeness)
+def _compare(mesh: _Surface, truth: _Surface, samples: int) -> dict[str, Any]:
+    """The scores of one sampled mesh against one sampled truth (see the module doc)."""
+    workers = max(1, torch.get_num_threads())  # the process's thread budget (capped in batches), not every core
+    d_mesh, i_mesh = truth.tree.query(mesh.points, workers=workers)  # mesh -> truth (accuracy)
+    d_true, i_true = mesh.tree.query(truth.points, workers=workers)  # truth -> mesh (completeness)
     out: dict[str, Any] = {
         "chamfer": float(0.5 * (d_mesh.mean() + d_true.mean())),
         "accuracy": float(d_mesh.mean()),
@@ -144,19 +165,26 @@ def surface_scores(
         precision, recall = float((d_mesh < tau).mean()), float((d_true < tau).mean())
         f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
         out[f"fscore@{tau:g}"] = f
-    cos_mesh = np.abs((n_mesh * n_true[i_mesh]).sum(-1))
-    cos_true = np.abs((n_true * n_mesh[i_true]).sum(-1))
+    cos_mesh = np.abs((mesh.normals * truth.normals[i_mesh]).sum(-1))
+    cos_true = np.abs((truth.normals * mesh.normals[i_true]).sum(-1))
     out["normal_consistency"] = float(0.5 * (cos_mesh.mean() + cos_true.mean()))
-    extents = np.asarray(mesh.bounds[1] - mesh.bounds[0], np.float64)
-    true_extents = np.asarray(truth.bounds[1] - truth.bounds[0], np.float64)
-    out["extents"] = [float(v) for v in extents]
-    out["true_extents"] = [float(v) for v in true_extents]
-    out["height_ratio"] = float(extents[2] / true_extents[2])
-    out["components"] = _components(mesh)
-    out["true_components"] = _components(truth)
-    out["watertight"] = _watertight(mesh)
+    out["extents"] = [float(v) for v in mesh.extents]
+    out["true_extents"] = [float(v) for v in truth.extents]
+    out["height_ratio"] = float(mesh.extents[2] / truth.extents[2])
+    out["components"] = mesh.components
+    out["true_components"] = truth.components
+    out["watertight"] = mesh.watertight
     out["samples"] = int(samples)
     return out
+
+
+def surface_scores(
+    mesh: trimesh.Trimesh, truth: trimesh.Trimesh, samples: int = DEFAULT_SAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """Chamfer, F-scores, normal consistency and extents of ``mesh`` against ``truth`` (see module doc)."""
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot score an empty mesh")
+    return _compare(_Surface.of(mesh, samples, seed), _Surface.of(truth, samples, seed + 1), samples)
 
 
 def score_mesh_against_family(
@@ -170,12 +198,23 @@ def score_mesh_against_family(
 
     ``family``: a :class:`Family`, a family name or a prompt. The nearest variant is the one with
     the smallest Chamfer distance; its scores are returned with ``family``, ``nearest_variant`` and
-    ``variant_chamfer`` ({variant: Chamfer}).
+    ``variant_chamfer`` ({variant: Chamfer}). The same numbers as :func:`surface_scores` against each
+    :func:`true_surface`; the mesh is sampled once and the truths' samples are cached.
     """
     if isinstance(family, str):
         family = (catalogue or CATALOGUE).get(family) or match_family(family, catalogue)
+    if len(mesh.faces) == 0:
+        raise ValueError("cannot score an empty mesh")
+    for name in family.variant_names:
+        true_surface(family, name)  # checks the family is the built-in one
+    sampled = _Surface.of(mesh, samples, seed)
     per_variant = {
-        name: surface_scores(mesh, true_surface(family, name), samples, seed) for name in family.variant_names
+        name: _compare(
+            sampled,
+            _true_surface_sample(family.name, family.variant_index(name), TRUE_SURFACE_RESOLUTION, samples, seed + 1),
+            samples,
+        )
+        for name in family.variant_names
     }
     nearest = min(per_variant, key=lambda n: per_variant[n]["chamfer"])
     return {

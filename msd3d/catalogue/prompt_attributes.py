@@ -1,6 +1,6 @@
 """Attribute words in a prompt: "a red mushroom" means the red variant, not the whole family.
 
-A prompt names a catalogue family (:func:`~msd3d.priors.catalogue.find_family`); the other words may
+A prompt names a catalogue family (:func:`~msd3d.catalogue.families.find_family`); the other words may
 describe one of its variants. Each variant is described by its name and its catalogue description
 ("red cap with white spots"), so its *attribute words* are those words, less
 
@@ -24,7 +24,7 @@ import re
 import torch
 from torch import Tensor
 
-from msd3d.priors.catalogue import Family, strip_view_suffix
+from msd3d.catalogue.families import Family, strip_view_suffix
 
 _WORD = re.compile(r"[a-z]+")
 

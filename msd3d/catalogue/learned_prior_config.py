@@ -1,4 +1,4 @@
-"""``prior.learned`` settings, kept apart from :mod:`msd3d.priors.learned_catalogue` so that reading
+"""``prior.learned`` settings, kept apart from :mod:`msd3d.catalogue.learned_prior` so that reading
 a config never imports diffusers."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class LearnedPriorConfig:
 
     weights: str = ""
     """Path of a safetensors file written by ``scripts/train_learned_prior.py``; empty = the one that
-    ships with the package (``msd3d/priors/weights/learned_prior.safetensors``, see its MODEL_CARD.md)."""
+    ships with the package (``msd3d/catalogue/weights/learned_prior.safetensors``, see its MODEL_CARD.md)."""
     timestep_mapping: str = "interp"
     """sigma -> UNet timestep, as ``prior.sd.timestep_mapping``."""
 
