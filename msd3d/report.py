@@ -8,23 +8,35 @@ root's page has one card per entry and the table of ``batch_summary*.json``.
 Pages work from the file system with no network: every link is relative, CSS is inline, plots and
 stills are PNGs written next to the page (``report/``). Everything is written atomically; the page
 itself last, so a page never points at a file that is not there yet.
+
+The pages are built from ``msd3d.report_inputs`` (reading the run folder), ``msd3d.report_plots``
+(the training curves) and ``msd3d.report_html`` (CSS, tables, the page frame); this module writes
+them and re-exports those modules' public names.
 """
 
 from __future__ import annotations
 
-import html
 import io
-import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from msd3d.atomic_io import atomic_write_bytes, atomic_write_text
 from msd3d.errors import Msd3dError
+from msd3d.report_html import CSS, _esc, _fmt, _href, _page, _table  # noqa: F401 (CSS: re-exported)
+from msd3d.report_inputs import (  # noqa: F401 (MESH_SUFFIXES, STILLS: re-exported)
+    MESH_SUFFIXES,
+    STILLS,
+    _mesh_files,
+    _read_json,
+    _unfinished_header,
+    _video_path,
+    read_metrics,
+    turntable_stills,
+)
+from msd3d.report_plots import Series, plot_png, score_series, training_plots  # noqa: F401 (the others: re-exported)
 
 __all__ = ["REPORT_NAME", "INDEX_NAME", "ASSET_DIR", "write_run_report", "write_batch_index", "write_report"]
 
@@ -35,97 +47,6 @@ SCORES_NAME = "scores.jsonl"
 ASSET_DIR = "report"
 """Folder next to the page for its plots and still frames."""
 
-STILLS = 4
-"""Still frames taken from the turntable (evenly spaced in azimuth)."""
-
-MESH_SUFFIXES = (".glb", ".obj", ".ply", ".mtl")
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
-main{max-width:1080px;margin:0 auto;padding:20px 24px 40px}
-h1{font-size:1.5rem;margin:0 0 2px}
-h2{font-size:1.1rem;margin:22px 0 10px;border-bottom:1px solid #d9dde4;padding-bottom:4px}
-.sub{color:#5b6475;margin:0 0 10px}
-.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
-.panel{background:#fff;border:1px solid #d9dde4;border-radius:8px;padding:10px}
-video,img.pix{image-rendering:pixelated}
-video{width:288px;height:288px;background:#fff;display:block}
-.stills{display:flex;gap:4px;margin-top:6px}.stills img{width:69px;height:69px;border:1px solid #eceff3}
-.turntable{width:288px;height:288px;display:block}
-.plots img{width:100%;max-width:512px;height:auto}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px}
-.val{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
-.val figure{margin:0}.val img{width:100%;height:auto;border:1px solid #eceff3}
-figcaption{font-size:.85rem;color:#5b6475;max-width:288px;margin-top:4px}
-.val figcaption{max-width:none}
-table{border-collapse:collapse;font-size:.9rem;background:#fff}
-td,th{border:1px solid #d9dde4;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#eef1f5;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.big{font-size:1.25rem;font-weight:600}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px;align-items:start}
-.noimg{aspect-ratio:1;display:flex;align-items:center;justify-content:center;background:#eef1f5;color:#5b6475}
-.card{background:#fff;border:1px solid #d9dde4;border-radius:8px;padding:10px}
-.card img{width:100%;height:auto;background:#fff;border:1px solid #eceff3}
-.card h3{font-size:1rem;margin:6px 0 4px}
-.ok{color:#1a7f37}.failed{color:#c62828}.other{color:#8a6d00}
-a{color:#0b57d0}
-""".strip()
-
-
-# ----------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _href(path: Path, base: Path) -> str:
-    """A relative URL from folder ``base`` to ``path`` (forward slashes, each part escaped)."""
-    rel = os.path.relpath(path.resolve(), base.resolve())
-    from urllib.parse import quote
-
-    return quote(Path(rel).as_posix())
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}".replace(",", " ")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3g}"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl``; a line cut short by a crash is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
-            records.append(record)
-    return records
-
 
 def _png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
@@ -133,106 +54,6 @@ def _png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-# ----------------------------------------------------------------------------------------------
-# plots
-
-
-@dataclass
-class Series:
-    label: str
-    steps: list[float]
-    values: list[float]
-    marker: str = ""
-
-
-def _series(records: Sequence[dict[str, Any]], key: str, label: str | None = None) -> Series | None:
-    steps, values = [], []
-    for r in records:
-        v = r.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            steps.append(float(r["step"]))
-            values.append(float(v))
-    return Series(label or key, steps, values) if values else None
-
-
-def plot_png(
-    series: Sequence[Series], title: str, ylabel: str, log_y: bool = False, size: tuple[float, float] = (5.2, 3.0)
-) -> bytes:
-    """One line plot (PNG bytes) of ``series`` against steps; no pyplot state is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for s in series:
-        style = {"marker": s.marker or ("o" if len(s.values) <= 3 else None), "markersize": 4}
-        axes.plot(s.steps, s.values, label=s.label, linewidth=1.4, **style)
-    if log_y and all(v > 0 for s in series for v in s.values):
-        axes.set_yscale("log")
-    axes.set_title(title, fontsize=11)
-    axes.set_xlabel("step")
-    axes.set_ylabel(ylabel if len(series) > 1 else series[0].label)
-    axes.grid(True, alpha=0.3)
-    if len(series) > 1:
-        axes.legend(fontsize=8, frameon=False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _wide_range(series: Sequence[Series]) -> bool:
-    values = [abs(v) for s in series for v in s.values if v != 0]
-    return bool(values) and max(values) / min(values) > 50
-
-
-def training_plots(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, bytes]:
-    """``{file name: PNG}`` for the curves the records hold: loss, lambda / t, it/s, scores."""
-    train = [r for r in records if "loss" in r]
-    plots: dict[str, bytes] = {}
-    loss = [s for s in [_series(train, "loss", "total")] if s]
-    loss += [s for s in (_series(train, k, k.removeprefix("loss_")) for k in _keys(train, "loss_")) if s]
-    if loss:
-        plots["loss.png"] = plot_png(loss, "loss", "loss", log_y=_wide_range(loss))
-    schedule = [
-        s for s in (_series(train, "lambda", "λ (MSD bandwidth)"), _series(train, "t", "t (diffusion time)")) if s
-    ]
-    if schedule:
-        plots["schedule.png"] = plot_png(schedule, "λ / t", "value", log_y=_wide_range(schedule))
-    speed = [s for s in [_series(train, "it_per_s", "it/s")] if s]
-    if speed:
-        plots["speed.png"] = plot_png(speed, "iterations per second", "it/s")
-    scores = score_series(records, summary)
-    if scores:
-        plots["scores.png"] = plot_png(scores, "oracle scores (turntable PSNR)", "dB")
-    return plots
-
-
-def _keys(records: Iterable[dict[str, Any]], prefix: str) -> list[str]:
-    keys: list[str] = []
-    for r in records:
-        keys += [k for k in r if k.startswith(prefix) and k not in keys]
-    return keys
-
-
-def score_series(records: Sequence[dict[str, Any]], summary: dict[str, Any]) -> list[Series]:
-    """Mode / blend PSNR against steps: the records that carry scores (``scores.jsonl``, logged
-    during training at validation steps) plus the final scores of ``summary.json`` at its last step."""
-    out = []
-    final = summary.get("scores") or {}
-    for key, label in (("mode_psnr", "mode PSNR (nearest variant)"), ("blend_psnr", "blend PSNR (variants' mean)")):
-        s = _series([r for r in records if key in r], key, label) or Series(label, [], [])
-        if isinstance(final.get(key), (int, float)) and isinstance(summary.get("steps"), int):
-            step = float(summary["steps"])
-            if step not in s.steps:
-                s.steps.append(step)
-                s.values.append(float(final[key]))
-        if s.values:
-            out.append(s)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,63 +91,6 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         size = video.get("size") or ["?", "?"]
         rows.append(("turntable", f"{_fmt(video.get('frames'))} frames, {size[1]}×{size[0]} px"))
     return [(k, _fmt(v)) for k, v in rows if v is not None]
-
-
-def _table(rows: Sequence[tuple[str, str]]) -> str:
-    body = "".join(
-        f"<tr><th>{_esc(k)}</th><td{' class=num' if _numeric(v) else ''}>{_esc(v)}</td></tr>" for k, v in rows
-    )
-    return f"<table>{body}</table>"
-
-
-def _numeric(text: str) -> bool:
-    return bool(text) and text.replace(" ", "").replace(".", "", 1).replace("-", "", 1).replace("e", "", 1).isdigit()
-
-
-def _video_path(run_dir: Path, summary: dict[str, Any]) -> Path | None:
-    candidates = []
-    recorded = (summary.get("video") or {}).get("file")
-    if recorded:
-        candidates.append(run_dir / Path(recorded).name)
-    candidates += [run_dir / "turntable.mp4", run_dir / "turntable.gif"]
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def turntable_stills(video: Path, count: int = STILLS) -> list[np.ndarray]:
-    """``count`` frames evenly spaced through the turntable video (uint8 (H, W, 3) each)."""
-    from msd3d.export.video import read_video_frames
-
-    frames = read_video_frames(video)
-    if len(frames) == 0:
-        return []
-    index = sorted({int(i * len(frames) / count) for i in range(count)})
-    return [frames[i] for i in index]
-
-
-def _mesh_files(run_dir: Path, summary: dict[str, Any]) -> list[Path]:
-    recorded = [run_dir / Path(f).name for f in (summary.get("mesh") or {}).get("files", [])]
-    found = sorted(p for p in run_dir.glob("mesh.*") if p.suffix in MESH_SUFFIXES)
-    files = [p for p in recorded if p.is_file()] + [p for p in found if p not in recorded]
-    return files
-
-
-def _unfinished_header(run_dir: Path, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Prompt, guidance and prior from config.yaml, steps so far from the metrics."""
-    header: dict[str, Any] = {}
-    try:
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
-        header = {
-            "prompt": config.get("prompt"),
-            "guidance": (config.get("guidance") or {}).get("name"),
-            "prior": (config.get("prior") or {}).get("name"),
-        }
-    except Exception:  # no or unreadable config: the page still shows the curves
-        pass
-    steps = [int(r["step"]) + 1 for r in records if "loss" in r]
-    header["steps"] = max(steps) if steps else None
-    return header
 
 
 def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
@@ -433,17 +197,6 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     page = run_dir / REPORT_NAME
     atomic_write_text(page, _page(f"msd3d · {title}", "".join(parts)))
     return page
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head>"
-        f"<body><main>{body}<p class=sub style='margin-top:28px'>"
-        "written by msd3d; regenerate with <code>msd3d report</code></p>"
-        "</main></body></html>\n"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
