@@ -1,8 +1,8 @@
 """Batch runs: many prompts from one YAML file, each trained into its own run directory.
 
-The batch file format (entry keys, ``defaults``, precedence) is documented once, in the commented
-``configs/batches/example.yaml`` (docs/usage.md shows a short example); :data:`ENTRY_KEYS` below is what
-the parser accepts.
+The batch file's schema is :mod:`msd3d.workflows.batch_file`, the summary files
+:mod:`msd3d.workflows.batch_summary`; this module plans the entries (run folders, skip / resume /
+train) and runs them. Its public names include theirs, so callers import from here.
 
 What fails where:
 
@@ -27,20 +27,35 @@ Executors: :func:`run_batch` runs the entries one after another in this process;
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from msd3d.atomic_io import atomic_write_text
 from msd3d.config import RunConfig, check_text, load_config, resolve_recipe
-from msd3d.errors import ConfigError, Msd3dError
+from msd3d.errors import Msd3dError
 from msd3d.naming import run_name
+from msd3d.workflows.batch_file import (  # noqa: F401 - re-exported
+    DEFAULTS_KEYS,
+    ENTRY_KEYS,
+    FLAG_KEYS,
+    BatchEntry,
+    BatchFile,
+    BatchFileError,
+    EntryError,
+    default_batch_root,
+    load_batch_file,
+    parse_shard,
+)
+from msd3d.workflows.batch_summary import (  # noqa: F401 - re-exported
+    SUMMARY_COLUMNS,
+    BatchResult,
+    EntryResult,
+    summary_stem,
+    write_batch_summary,
+)
 
 if TYPE_CHECKING:
     from msd3d.run_dir import RunDir
@@ -69,228 +84,6 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "default_batch_root",
 ]
-
-FLAG_KEYS: dict[str, str] = {
-    "prior": "prior.name",
-    "guidance": "guidance.name",
-    "seed": "seed",
-    "steps": "train.steps",
-    "model": "prior.sd.model",
-    "device": "device",
-}
-"""Entry keys that set one config key (the same as ``msd3d generate``'s flags)."""
-
-ENTRY_KEYS = ("prompt", "config", *FLAG_KEYS, "out", "overrides")
-DEFAULTS_KEYS = tuple(k for k in ENTRY_KEYS if k not in ("prompt", "out"))
-TOP_LEVEL_KEYS = ("defaults", "prompts")
-_INT_KEYS = ("seed", "steps")
-
-SUMMARY_COLUMNS = (
-    "index", "prompt", "seed", "status", "seconds", "steps", "train_seconds",
-    "mode_psnr", "blend_psnr", "run_dir", "mesh", "video", "error",
-)
-"""Columns of ``batch_summary.csv`` (``mesh`` joins several files with ``;``)."""
-
-
-class BatchFileError(Msd3dError):
-    """The batch file itself is unusable (nothing runs)."""
-
-
-class EntryError(Msd3dError):
-    """One entry is invalid (it is recorded as failed; the others run)."""
-
-
-# ------------------------------------------------------------------------------------------------
-# the file
-
-
-@dataclass
-class BatchEntry:
-    """One entry of the file after the schema check (``error`` set when the entry is invalid)."""
-
-    index: int
-    prompt: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """Entry keys other than ``prompt`` and ``overrides`` (config, prior, ..., out)."""
-    overrides: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class BatchFile:
-    path: Path
-    defaults: dict[str, Any]
-    """Defaults' keys other than ``overrides``."""
-    default_overrides: list[str]
-    entries: list[BatchEntry]
-
-
-def _where(path: Path) -> str:
-    return f"batch file {str(path)!r}"
-
-
-def _yaml_problem(exc: Exception) -> str:
-    problem = getattr(exc, "problem", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    mark = getattr(exc, "problem_mark", None)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
-
-
-def _flatten(mapping: dict[Any, Any], prefix: str, who: str) -> list[str]:
-    """``{"train": {"steps": 5}, "mesh.formats": ["obj"]}`` → ``["train.steps=5", 'mesh.formats=["obj"]']``."""
-    items: list[str] = []
-    for key, value in mapping.items():
-        if not isinstance(key, str) or not key:
-            raise EntryError(f"{who}: override keys must be config keys such as train.steps, got {key!r}")
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            items += _flatten(value, dotted + ".", who)
-        else:
-            items.append(f"{dotted}={json.dumps(value)}")  # JSON is YAML: strings stay strings, lists stay lists
-    return items
-
-
-def _overrides(value: Any, who: str) -> list[str]:
-    """An ``overrides`` value (a list of ``key=value`` strings, or a mapping) as dot-list strings."""
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        items = _flatten(value, "", who)
-    else:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise EntryError(
-                f"{who}: 'overrides' must be a list of key=value strings or a mapping, got {type(value).__name__}"
-            )
-        items = []
-        for item in value:
-            if not isinstance(item, str) or "=" not in item or item.startswith("="):
-                raise EntryError(f"{who}: override {item!r} is not key=value (e.g. train.steps=2000)")
-            items.append(item)
-    for item in items:
-        key = item.split("=", 1)[0].strip()
-        if key in ("prompt", "out"):  # the batch sets both per entry; an override would be ignored
-            raise EntryError(f"{who}: set {key!r} as an entry key, not as an override")
-    return items
-
-
-def _check_settings(raw: dict[Any, Any], allowed: Sequence[str], who: str) -> tuple[dict[str, Any], list[str]]:
-    """Check keys and value types of an entry or of ``defaults``; returns (settings, overrides)."""
-    for key in raw:
-        if key not in allowed:
-            raise EntryError(f"{who}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-    settings: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "overrides" or value is None:
-            continue
-        if key in _INT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise EntryError(f"{who}: {key!r} must be an integer, got {value!r}")
-        elif not isinstance(value, str) or not value.strip():
-            raise EntryError(f"{who}: {key!r} must be a non-empty string, got {value!r}")
-        settings[key] = value
-    return settings, _overrides(raw.get("overrides"), who)
-
-
-def _parse_entry(index: int, raw: Any) -> BatchEntry:
-    who = f"entry {index}"
-    entry = BatchEntry(index=index)
-    try:
-        if isinstance(raw, str):
-            raw = {"prompt": raw}
-        if not isinstance(raw, dict):
-            raise EntryError(
-                f"{who}: must be a prompt string or a mapping with a 'prompt' key, got {type(raw).__name__}"
-            )
-        prompt = raw.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise EntryError(f"{who}: missing 'prompt' (a non-empty string)")
-        entry.prompt = prompt
-        entry.settings, entry.overrides = _check_settings(raw, ENTRY_KEYS, who)
-        entry.settings.pop("prompt", None)
-    except EntryError as exc:
-        entry.error = str(exc)
-    return entry
-
-
-def _resolve_config_path(value: str, base: Path) -> str:
-    """A recipe name stays a name; a relative YAML path is taken relative to the batch file's folder."""
-    path = Path(value).expanduser()
-    if path.suffix in (".yaml", ".yml") or "/" in value or "\\" in value:
-        return str(path if path.is_absolute() else base / path)
-    return value
-
-
-def load_batch_file(path: str | Path) -> BatchFile:
-    """Read and schema-check a batch file. File-level problems raise :class:`BatchFileError`;
-    per-entry problems are kept in ``BatchEntry.error``."""
-    path = Path(path)
-    where = _where(path)
-    if not path.is_file():
-        raise BatchFileError(f"{where} does not exist")
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BatchFileError(f"{where} is not valid YAML: {_yaml_problem(exc)}") from None
-    except UnicodeDecodeError:
-        raise BatchFileError(f"{where} is not a text file") from None
-    if isinstance(data, list):  # a bare list of prompts
-        data = {"prompts": data}
-    if not isinstance(data, dict):
-        raise BatchFileError(f"{where} must be a mapping with a 'prompts' list (and optional 'defaults')")
-    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        raise BatchFileError(f"{where}: unknown top-level key {unknown[0]!r}; expected {' and '.join(TOP_LEVEL_KEYS)}")
-    prompts = data.get("prompts")
-    if not isinstance(prompts, list) or not prompts:
-        raise BatchFileError(f"{where} has no prompts: add a non-empty 'prompts:' list")
-    raw_defaults = data.get("defaults") or {}
-    if not isinstance(raw_defaults, dict):
-        raise BatchFileError(f"{where}: 'defaults' must be a mapping of entry keys")
-    try:
-        defaults, default_overrides = _check_settings(raw_defaults, DEFAULTS_KEYS, "defaults")
-    except EntryError as exc:
-        raise BatchFileError(f"{where}: {exc}") from None
-    base = path.resolve().parent
-    if "config" in defaults:
-        defaults["config"] = _resolve_config_path(defaults["config"], base)
-        try:
-            resolve_recipe(defaults["config"])
-        except ConfigError as exc:
-            raise BatchFileError(f"{where}: defaults: {exc}") from None
-    entries = [_parse_entry(i, raw) for i, raw in enumerate(prompts)]
-    for entry in entries:
-        if "config" in entry.settings:
-            entry.settings["config"] = _resolve_config_path(entry.settings["config"], base)
-    return BatchFile(path=path, defaults=defaults, default_overrides=default_overrides, entries=entries)
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"1/4"`` → ``(1, 4)``: run the entries with ``index % 4 == 1`` (0-based)."""
-    if text is None:
-        return None
-    parts = text.strip().split("/")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        index, count = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise Msd3dError(f"--shard {text!r} is not I/N (e.g. --shard 0/4 runs entries 0, 4, 8, ...)") from None
-    if count < 1 or not 0 <= index < count:
-        raise Msd3dError(f"--shard {text!r}: need N >= 1 and 0 <= I < N (I is 0-based)")
-    return index, count
-
-
-def default_batch_root(batch_file: str | Path) -> Path:
-    """``outputs/<batch-file-stem>``."""
-    return Path("outputs") / Path(batch_file).stem
-
-
-def summary_stem(shard: tuple[int, int] | None) -> str:
-    """``batch_summary``, or ``batch_summary.shard-<i>-of-<n>`` so parallel shards never overwrite each other."""
-    return "batch_summary" if shard is None else f"batch_summary.shard-{shard[0]}-of-{shard[1]}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,63 +222,6 @@ def plan_batch(
 
 # ------------------------------------------------------------------------------------------------
 # running
-
-
-@dataclass
-class EntryResult:
-    """One row of the batch summary."""
-
-    index: int
-    prompt: str
-    status: str
-    """"ok", "failed", "skipped"; after an interrupt also "interrupted" and "not run"."""
-    seed: int | None = None
-    seconds: float = 0.0
-    """Wall time spent on this entry by this invocation (training + scoring + export)."""
-    steps: int | None = None
-    train_seconds: float | None = None
-    """Training time of the run over all its sessions (summary.json)."""
-    scores: dict[str, Any] | None = None
-    run_dir: str | None = None
-    mesh: list[str] = field(default_factory=list)
-    video: str | None = None
-    error: str | None = None
-
-    def row(self) -> dict[str, Any]:
-        scores = self.scores or {}
-        return {
-            "index": self.index,
-            "prompt": self.prompt,
-            "seed": self.seed,
-            "status": self.status,
-            "seconds": round(self.seconds, 3),
-            "steps": self.steps,
-            "train_seconds": None if self.train_seconds is None else round(self.train_seconds, 3),
-            "mode_psnr": scores.get("mode_psnr"),
-            "blend_psnr": scores.get("blend_psnr"),
-            "run_dir": self.run_dir,
-            "mesh": list(self.mesh),
-            "video": self.video,
-            "error": self.error,
-            "scores": self.scores,
-        }
-
-
-@dataclass
-class BatchResult:
-    entries: list[EntryResult]
-    seconds: float
-    interrupted: bool = False
-
-    @property
-    def failed(self) -> int:
-        return sum(e.status == "failed" for e in self.entries)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for e in self.entries:
-            out[e.status] = out.get(e.status, 0) + 1
-        return out
 
 
 def _from_summary(result: EntryResult, summary: dict[str, Any]) -> EntryResult:
@@ -675,46 +411,3 @@ def _score_text(scores: dict[str, Any] | None) -> str:
         text += f", blend PSNR {scores['blend_psnr']:.2f} dB"
     return text
 
-
-# ------------------------------------------------------------------------------------------------
-# the summary files
-
-
-def write_batch_summary(
-    result: BatchResult | Iterable[EntryResult],
-    root: str | Path,
-    stem: str = "batch_summary",
-    meta: dict[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``<root>/<stem>.json`` (meta + counts + one object per entry) and ``<root>/<stem>.csv``
-    (``SUMMARY_COLUMNS``), each atomically; returns both paths."""
-    from msd3d.run_dir import write_json
-
-    root = Path(root)
-    entries = result.entries if isinstance(result, BatchResult) else list(result)
-    rows = [e.row() for e in entries]
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.status] = counts.get(e.status, 0) + 1
-    document: dict[str, Any] = {
-        **(meta or {}),
-        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "counts": counts,
-        "failed": counts.get("failed", 0),
-        "entries": rows,
-    }
-    if isinstance(result, BatchResult):
-        document["seconds"] = round(result.seconds, 3)
-        document["interrupted"] = result.interrupted
-    json_path = root / f"{stem}.json"
-    csv_path = root / f"{stem}.csv"
-    write_json(json_path, document)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {**row, "mesh": ";".join(row["mesh"]), **{k: "" for k in SUMMARY_COLUMNS if row.get(k) is None}}
-        )
-    atomic_write_text(csv_path, buffer.getvalue())
-    return json_path, csv_path
