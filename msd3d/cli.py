@@ -17,6 +17,7 @@ from msd3d.commands.config import show_config
 from msd3d.commands.download import download
 from msd3d.commands.export import export
 from msd3d.commands.generate import generate
+from msd3d.commands.image import image
 from msd3d.commands.render import render
 from msd3d.commands.report import report
 from msd3d.commands.toy2d import toy2d
@@ -48,6 +49,7 @@ def _main(
 
 
 app.command("generate")(generate)
+app.command("image")(image)
 app.command("config")(show_config)
 app.command("catalogue")(catalogue)
 app.command("export")(export)
