@@ -109,6 +109,7 @@ GUIDANCE = Registry(
         "sds": ("msd3d.guidance.sds:SDSConfig", "msd3d.guidance.sds:SDS"),
         "msd": ("msd3d.guidance.msd:MSDConfig", "msd3d.guidance.msd:MSD"),
         "sdi": ("msd3d.guidance.sdi:SDIConfig", "msd3d.guidance.sdi:SDI"),
+        "vsd": ("msd3d.guidance.vsd:VSDConfig", "msd3d.guidance.vsd:VSD"),
     },
 )
 

@@ -152,7 +152,8 @@ class Trainer:
     # -- setup -----------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the groups the scene and the guidance declare: "encoding" at ``train.lr``, every other
-        group ("network", "guidance", ...) at ``train.lr_network``."""
+        group ("network", "guidance", ...) at ``train.lr_network``; the guidance's group at its own
+        ``learning_rate()`` when it declares one."""
         t = self.config.train
         declared = dict(self.renderer.param_groups())
         guidance_params = self.guidance.parameters()
@@ -161,6 +162,8 @@ class Trainer:
         groups = []
         for name, params in declared.items():
             lr = t.lr if name == "encoding" else t.lr_network
+            if name == "guidance" and self.guidance.learning_rate() is not None:
+                lr = self.guidance.learning_rate()  # a method's own rate (VSD's lora_lr)
             groups.append({"params": params, "lr": lr, "base_lr": lr, "name": name})
         self.params = [p for g in groups for p in g["params"]]
         return torch.optim.Adam([g for g in groups if g["params"]], betas=tuple(t.betas), eps=t.adam_eps)

@@ -275,7 +275,7 @@ class LearnedCataloguePrior(StableDiffusionPrior):
     ) -> Condition:
         """Text embeddings, and for a camera-conditioned prior ``{"text", "view"}`` payloads whose view
         features (:func:`view_features`) are the same in both CFG branches: guidance acts on the text only."""
-        cond = super().condition(prompts, negative_prompt=negative_prompt)
+        cond = super().condition(prompts, negative_prompt=negative_prompt, cameras=cameras)
         if not self.camera_conditioned:
             return cond
         if cameras is None:
@@ -286,7 +286,7 @@ class LearnedCataloguePrior(StableDiffusionPrior):
             device=self.device, dtype=self.model_dtype
         )
         return Condition(cond={"text": cond.cond, "view": view}, uncond={"text": cond.uncond, "view": view},
-                         batch_size=cond.batch_size, prompts=cond.prompts)
+                         batch_size=cond.batch_size, prompts=cond.prompts, extrinsics=cond.extrinsics)
 
     def unet_conditioning(self, payload: Any) -> dict[str, Tensor]:
         if isinstance(payload, dict):

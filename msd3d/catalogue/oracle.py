@@ -145,6 +145,9 @@ def score_renders(
 class OraclePrior(DiffusionPrior):
     """Exact prior over the catalogue renders at each training camera (see module docstring)."""
 
+    def describe(self) -> str:
+        return "the oracle prior (an exact formula over the catalogue's renders, not a network)"
+
     def __init__(
         self,
         config: OracleConfig | None = None,

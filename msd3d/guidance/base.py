@@ -70,6 +70,10 @@ class Guidance(abc.ABC):
         """Tensors the trainer optimises together with the scene."""
         return []
 
+    def learning_rate(self) -> float | None:
+        """The learning rate of :meth:`parameters` (None: the trainer's ``train.lr_network``)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue this method exactly."""
         return {}

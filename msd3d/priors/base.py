@@ -33,6 +33,9 @@ class Condition:
     uncond: Any | None
     batch_size: int
     prompts: list[str] = field(default_factory=list)
+    extrinsics: Tensor | None = None
+    """(B, 4, 4) camera-to-world matrix of each sample when the condition was made for cameras (priors with
+    networks keep them for a :class:`TrainableDenoiser` that sees the camera, as VSD's LoRA does); else None."""
 
     def repeat(self, n: int) -> Condition:
         """The same condition for ``n`` times as many samples (``[c0, c1] -> [c0, c1, c0, c1]``)."""
@@ -41,6 +44,7 @@ class Condition:
             uncond=None if self.uncond is None else _repeat_payload(self.uncond, n),
             batch_size=self.batch_size * n,
             prompts=list(self.prompts) * n,
+            extrinsics=None if self.extrinsics is None else _repeat_payload(self.extrinsics, n),
         )
 
 
@@ -51,6 +55,7 @@ class Condition:
             uncond=None if self.uncond is None else _slice_payload(self.uncond, start, stop),
             batch_size=stop - start,
             prompts=list(self.prompts[start:stop]),
+            extrinsics=None if self.extrinsics is None else self.extrinsics[start:stop],
         )
 
 
@@ -88,6 +93,48 @@ class ConditionRequest:
     shading: str | None = None
     light_positions: Any | None = None
     ambient_ratio: float = 0.1
+
+
+@dataclass
+class TrainableDenoiserConfig:
+    """A trainable copy of a prior's denoiser: a low-rank adapter (LoRA) of its network, and optionally a
+    camera embedding (the camera-to-world matrix, flattened, added to the time embedding as ProlificDreamer does)."""
+
+    rank: int = 4
+    """LoRA rank of the attention projections (threestudio's LoRAAttnProcessor: 4)."""
+    alpha: float = 4.0
+    """LoRA scale numerator: the update is ``alpha / rank * B A`` (alpha = rank: scale 1, as threestudio)."""
+    camera_conditioning: bool = True
+    """Condition the copy on each sample's camera (ProlificDreamer's ``camera_condition_type: extrinsics``)."""
+    seed: int = 0
+    """Seed of the adapter's initial weights (independent of the run's other random numbers)."""
+
+
+class TrainableDenoiser(abc.ABC):
+    """A denoiser initialised as its prior's and trained while a run goes (VSD's estimate of the score of
+    the current renders). It starts equal to the prior's conditional denoiser and shares its counter."""
+
+    @abc.abstractmethod
+    def denoise(self, z: Tensor, sigma: Tensor, cond: Condition, camera_mask: Tensor | None = None,
+                guidance_scale: float = 1.0) -> Tensor:
+        """``D_phi(z, sigma, cond, camera)`` (B, *data) for z (B, *data) and sigma (B,), differentiable in
+        the adapter's parameters. ``camera_mask`` (B,) bool drops the camera of the samples where it is
+        False; ``guidance_scale`` != 1 is classifier-free guidance over the camera (with vs. without)."""
+
+    @abc.abstractmethod
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The adapter's trainable tensors (float32), in a fixed order."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {str(i): p.detach().clone() for i, p in enumerate(self.parameters())}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        params = self.parameters()
+        if len(state) != len(params):
+            raise ValueError(f"the saved adapter has {len(state)} tensors, this one {len(params)}")
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(state[str(i)])
 
 
 @dataclass
@@ -150,6 +197,20 @@ class DiffusionPrior(abc.ABC):
             )
             for r in requests
         ]
+
+    def trainable_denoiser(self, config: TrainableDenoiserConfig) -> TrainableDenoiser:
+        """A trainable copy of this prior's denoiser (a LoRA of its network) for methods that learn the
+        distribution of the current renders (VSD). Priors without a network refuse in one line."""
+        from msd3d.errors import Msd3dError
+
+        raise Msd3dError(
+            f"{self.describe()} has no network to fine-tune, and guidance vsd trains a LoRA of the prior's UNet; "
+            "use --prior learned or --prior sd, or another --guidance (msd, sds, sdi)"
+        )
+
+    def describe(self) -> str:
+        """The prior in a few words, for messages ("the oracle prior")."""
+        return f"the {type(self).__name__} prior"
 
     def validate_prompt(self, prompt: str) -> None:
         """Raise a one-line :class:`~msd3d.errors.Msd3dError` if this prior cannot serve ``prompt``

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from msd3d.device import resolve_device
 from msd3d.errors import ModelLoadError
-from msd3d.priors.base import Condition, DiffusionPrior
+from msd3d.priors.base import Condition, DiffusionPrior, TrainableDenoiser, TrainableDenoiserConfig
 from msd3d.priors.schedule import VPSchedule
 from msd3d.validation import check_choice, join
 
@@ -638,7 +638,14 @@ class StableDiffusionPrior(DiffusionPrior):
         prompts = [str(p) for p in prompts]
         embeddings = self.text_embeddings(prompts + [negative_prompt])
         cond, uncond = embeddings[:-1], embeddings[-1:].expand(len(prompts), -1, -1)
-        return Condition(cond=cond, uncond=uncond, batch_size=len(prompts), prompts=prompts)
+        extrinsics = None if cameras is None else cameras.c2w.to(device=self.device, dtype=torch.float32)
+        return Condition(cond=cond, uncond=uncond, batch_size=len(prompts), prompts=prompts, extrinsics=extrinsics)
+
+    def trainable_denoiser(self, config: TrainableDenoiserConfig) -> TrainableDenoiser:
+        """A LoRA of this prior's UNet (plus a camera embedding) that shares its frozen weights."""
+        from msd3d.priors.unet_lora import UNetLoRA
+
+        return UNetLoRA(self, config)
 
     # -- denoising -----------------------------------------------------------------------------
     def unet_timestep(self, sigma: Tensor) -> Tensor:
@@ -648,6 +655,14 @@ class StableDiffusionPrior(DiffusionPrior):
 
     def denoise_raw(self, z: Tensor, sigma: Tensor, payload: Tensor) -> Tensor:
         """``D(z, sigma)`` for latents z (B, 4, h, w), sigma (B,), text embeddings (B, 77, D)."""
+        return self.denoise_with(self._unet_forward, z, sigma, self.unet_conditioning(payload), self._cudagraph_steps)
+
+    def denoise_with(
+        self, unet: Any, z: Tensor, sigma: Tensor, conditioning: dict[str, Tensor], cudagraph_step: bool = False
+    ) -> Tensor:
+        """``D(z, sigma)`` through ``unet`` (this prior's, or a trainable copy of it) called with the
+        ``conditioning`` keyword arguments; z (B, *latent), sigma (B,). Differentiable in ``unet``'s
+        trainable parameters (the prior's own are frozen)."""
         s = sigma.to(device=z.device, dtype=torch.float32).view(-1, 1, 1, 1)
         c_in = torch.rsqrt(1.0 + s**2)  # sqrt(alpha_bar)
         z32 = z.float()
@@ -656,10 +671,10 @@ class StableDiffusionPrior(DiffusionPrior):
             z_vp = z_vp.contiguous(memory_format=torch.channels_last)
         # on the model's device: no host round trip (the schedule interpolates there)
         timestep = self.unet_timestep(sigma.to(device=self.device, dtype=torch.float32))
-        if self._cudagraph_steps:
+        if cudagraph_step:
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._unet_forward(z_vp, timestep, **self.unet_conditioning(payload), return_dict=False)[0]
-        if self._cudagraph_steps and out.dtype == torch.float32:
+        out = unet(z_vp, timestep, **conditioning, return_dict=False)[0]
+        if cudagraph_step and out.dtype == torch.float32:
             out = out.clone()  # a CUDA graph's output buffer is overwritten by its next replay
         out = out.float().to(z.device)  # (.float() of fp16/bf16 is already a copy)
         if self.prediction_type == "epsilon":

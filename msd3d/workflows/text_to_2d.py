@@ -201,7 +201,8 @@ def generate_images(
     param = start.clone().requires_grad_(True)
     groups = [{"params": [param], "lr": image.lr}]
     if guidance.parameters():
-        groups.append({"params": list(guidance.parameters()), "lr": config.train.lr_network})
+        lr = guidance.learning_rate() or config.train.lr_network
+        groups.append({"params": list(guidance.parameters()), "lr": lr})
     optimizer = torch.optim.Adam(groups, betas=tuple(config.train.betas), eps=config.train.adam_eps)
 
     steps, nonfinite, streak, last_loss, last_stats = image.steps, 0, 0, math.nan, {}
