@@ -230,7 +230,9 @@ def run_config(method: str, entry: BenchEntry, args: argparse.Namespace, run_dir
         "train.steps": args.steps,
         "render.resolution": args.resolution,
     })
-    return load_config(recipe_path(guidance), [*setting_overrides, *(args.set or [])], values)
+    # every *-oracle recipe describes the same scene; a method the oracle cannot run (vsd) takes msd's
+    scene = guidance if args.prior == "oracle" or (recipe_dir() / f"{guidance}-oracle.yaml").is_file() else "msd"
+    return load_config(recipe_path(scene), [*setting_overrides, *(args.set or [])], values)
 
 
 def row_from_summary(entry: BenchEntry, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:

@@ -25,7 +25,9 @@ from msd3d.render.cameras import turntable_cameras
 from msd3d.render.shading import choose_shading
 from msd3d.workflows.text_to_3d import generate
 
-METHODS = GUIDANCE.names()
+#: Every method but those that fine-tune the prior's network (the oracle has none; tests/test_vsd.py checks
+#: that it refuses them): each has a configs/<method>-oracle.yaml.
+METHODS = [m for m in GUIDANCE.names() if m != "vsd"]
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "oracle_bench.py"
 
 #: Shrinks only what happens after training (scoring, validation, mesh, video): the training
@@ -241,3 +243,26 @@ def test_learned_recipe_is_the_oracle_scene_with_the_sd_guidance():
     assert learned.guidance == sd.guidance
     for section in ("field", "render", "shading", "regularisers", "camera", "background", "train", "mesh", "video"):
         assert getattr(learned, section) == getattr(oracle, section), section
+
+
+def test_vsd_recipes_pair_like_the_msd_ones(tmp_path):
+    """configs/vsd-learned.yaml = msd-learned.yaml's scene + vsd-sd.yaml's guidance (threestudio's
+    prolificdreamer values); ``--prior learned --guidance vsd`` picks it, and the learned bench runs vsd
+    on the shared oracle scene (there is no vsd-oracle.yaml: the oracle has no network to fine-tune)."""
+    from msd3d.config import load_config, recipe_dir
+
+    assert resolve_recipe(None, prior="learned", guidance="vsd") == recipe_dir() / "vsd-learned.yaml"
+    assert resolve_recipe(None, prior="sd", guidance="vsd") == recipe_dir() / "vsd-sd.yaml"
+    learned = load_config(recipe_dir() / "vsd-learned.yaml")
+    msd_learned = load_config(recipe_dir() / "msd-learned.yaml")
+    sd = load_config(recipe_dir() / "vsd-sd.yaml")
+    assert learned.guidance == sd.guidance and learned.guidance.name == "vsd"
+    assert (sd.guidance.vsd.guidance_scale, sd.guidance.vsd.lora_lr, sd.train.steps) == (7.5, 1e-4, 25000)
+    for section in ("prior", "field", "render", "shading", "regularisers", "camera", "background", "train", "mesh"):
+        assert getattr(learned, section) == getattr(msd_learned, section), section
+
+    bench = _bench_module()
+    args = bench.parse_args(["--prior", "learned", "--methods", "vsd"])
+    config = bench.run_config("vsd", bench.BenchEntry("mushroom", "a mushroom", None, 0), args, tmp_path / "v")
+    assert config.guidance.name == "vsd" and config.guidance.vsd == sd.guidance.vsd
+    assert config.render == msd_learned.render and config.prior.name == "learned"

@@ -44,8 +44,9 @@ class VSDConfig(TimestepConfig):
     lora_weight: float = 1.0
     """Multiplier of the LoRA's denoising loss (threestudio lambda_lora)."""
     lora_t_min: float = 0.0
-    """Diffusion times the LoRA trains on: U(lora_t_min, lora_t_max) (threestudio: all 1000 steps)."""
+    """Smallest diffusion time the LoRA trains on: t ~ U(lora_t_min, lora_t_max) (threestudio: all 1000 steps)."""
     lora_t_max: float = 1.0
+    """Largest diffusion time the LoRA trains on."""
     lora_samples: int = 1
     """Noise draws per render in the LoRA's loss (threestudio lora_n_timestamp_samples)."""
     camera_dropout: float = 0.1
