@@ -9,6 +9,10 @@ class ConfigError(Msd3dError):
     """A config key, value or file is invalid."""
 
 
+class UnsupportedByPrior(ConfigError):
+    """The chosen prior cannot serve the chosen method (VSD's LoRA on a prior without a network)."""
+
+
 class ModelLoadError(Msd3dError):
     """Model weights could not be found or loaded."""
 

@@ -50,6 +50,8 @@ def _expected_counts(method: str, batch: int) -> tuple[int, int]:
     if method == "msd":
         per_call = batch * g.msd.samples * (2 if g.msd.guidance_scale != 1 else 1)
         return g.msd.sampler_steps, g.msd.sampler_steps * per_call
+    if method == "vsd":  # the prior (CFG batched), the LoRA's estimate, the LoRA's training pass
+        return 3, batch * (2 if g.vsd.guidance_scale != 1 else 1) + 2 * batch
     inversion = batch * (2 if g.sdi.inversion_guidance_scale != 1 else 1)
     per_step = batch * (2 if g.sdi.guidance_scale != 1 else 1)
     return g.sdi.inversion_steps + 1, g.sdi.inversion_steps * inversion + per_step
@@ -59,17 +61,17 @@ def test_cli_bench_on_tiny_random_weights_writes_json_with_denoiser_counts(tmp_p
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
         _app(),
-        ["bench", "--random-weights", "tiny", "--device", "cpu", "--methods", "sds,msd,sdi", "--steps", "2",
+        ["bench", "--random-weights", "tiny", "--device", "cpu", "--methods", "sds,msd,sdi,vsd", "--steps", "2",
          "--warmup", "1", "--resolution", "16", "--json", str(out), "--quiet", *TINY_SCENE, *SAMPLERS],
     )
     assert result.exit_code == 0, result.output
-    for name in ("sds", "msd", "sdi", "ms/step", "denoiser calls/step"):
+    for name in ("sds", "msd", "sdi", "vsd", "ms/step", "denoiser calls/step"):
         assert name in result.output
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["prior"]["weights"] == "random tiny"
     assert data["prior"]["render_size"] == 64  # the tiny architecture's VAE input unless overridden
     rows = {r["method"]: r for r in data["rows"]}
-    assert list(rows) == ["sds", "msd", "sdi"]
+    assert list(rows) == ["sds", "msd", "sdi", "vsd"]
     # the configured sampler lengths really ran: SDS 1 call, MSD sampler_steps, SDI inversion_steps + 1
     assert rows["sds"]["calls_per_step"] == 1
     assert rows["msd"]["calls_per_step"] == MSD_STEPS
@@ -84,6 +86,7 @@ def test_cli_bench_on_tiny_random_weights_writes_json_with_denoiser_counts(tmp_p
         assert row["peak_memory_mb"] is None and row["compile_s"] is None  # CPU: no GPU memory, no compile
         assert len(row["warmup_s"]) == 1 and row["steps"] == 2 and row["nonfinite_steps"] == 0
     assert rows["msd"]["settings"]["sampler_steps"] == MSD_STEPS
+    assert rows["vsd"]["settings"]["lora_rank"] == 4 and rows["vsd"]["calls_per_step"] == 3
     assert data["targets"]["msd_over_sds"] == pytest.approx(rows["msd"]["ms_step"] / rows["sds"]["ms_step"])
     assert data["targets"]["msd_peak_memory_gb"] is None
 
@@ -99,6 +102,18 @@ def test_bench_library_counts_scale_with_batch():
     assert row.evaluations_per_step == 2 * MSD_STEPS * 2  # CFG doubles, batch 2 doubles again
 
 
+def test_bench_skips_methods_the_prior_cannot_run_unless_named(tiny_run_overrides):
+    """"all" on the oracle times sds, msd and sdi and says why vsd was skipped; naming vsd is an error."""
+    from msd3d.errors import UnsupportedByPrior
+
+    quick = dict(recipe="msd-oracle", steps=1, warmup=0, device="cpu", overrides=tuple(tiny_run_overrides))
+    report = run_bench(BenchConfig(**quick))
+    assert [r.method for r in report.rows] == ["sds", "msd", "sdi"]
+    assert "no network to fine-tune" in report.settings["skipped_methods"]["vsd"]
+    with pytest.raises(UnsupportedByPrior, match="no network to fine-tune"):
+        run_bench(BenchConfig(methods=("vsd",), **quick))
+
+
 def test_bench_options_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="bench.methods"):
         run_bench(BenchConfig(methods=("dds",)))
@@ -109,7 +124,7 @@ def test_bench_options_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="prior.sd.compile_mode"):
         run_config(BenchConfig(random_weights="tiny", compile_mode="fastest"))
     assert parse_methods("SDS, msd,sds") == ("sds", "msd")
-    assert parse_methods("all") == ("sds", "msd", "sdi")
+    assert parse_methods("all") is None  # every method the prior can run
     with pytest.raises(ConfigError, match="unknown method"):
         parse_methods("sds,foo")
     result = CliRunner().invoke(_app(), ["bench", "--random-weights", "huge", "--device", "cpu"])

@@ -90,7 +90,7 @@ def test_generate_oracle_and_resume(tmp_path, tiny_run_overrides):
         (["generate", "a donut", "train.stpes=3"], "unknown config key 'train.stpes'"),
         (["generate", "a donut", "train.steps=many"], "bad value for config key 'train.steps'"),
         (["generate", "a donut", "--steps", "0"], "train.steps must be at least 1"),
-        (["generate", "a donut", "--guidance", "vsd"], "guidance.name must be one of sds, msd, sdi, got 'vsd'"),
+        (["generate", "a donut", "--guidance", "csd"], "guidance.name must be one of sds, msd, sdi, vsd, got 'csd'"),
         (["generate", "a donut", "--prior", "dalle"], "prior.name must be one of sd, oracle"),
         (["generate", "a donut", "guidance.msd.lambda_end=-1"], "guidance.msd.lambda_end must be greater than 0"),
             # messages name the full dotted key of the setting (issue 14)

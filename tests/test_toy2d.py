@@ -204,7 +204,7 @@ def test_grid_and_methods():
     )
     assert parse_method("msd-exp") == ("msd", {"kernel": "exp"}) and parse_method("SDS") == ("sds", {})
     with pytest.raises(ValueError, match="unknown method"):
-        parse_method("vsd")
+        parse_method("csd")
 
 
 def test_run_rejects_bad_prompt_and_settings():
@@ -244,7 +244,8 @@ def test_cli_tiny_run_with_gmm_file(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--methods", "sds,vsd"], "unknown method 'vsd'"),
+        (["--methods", "sds,csd"], "unknown method 'csd'"),
+        (["--methods", "sds,vsd"], "has no network to fine-tune"),
         (["--methods", ","], "at least one method"),
         (["--dataset", "moons"], "unknown --dataset"),
         (["--steps", "0"], "--steps must be at least 1"),

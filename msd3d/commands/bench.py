@@ -37,8 +37,9 @@ def bench(
                      "Neither: the recipe's prior (e.g. --config msd-oracle for the CPU oracle)."),
     ] = None,
     methods: Annotated[
-        str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all'.")
-    ] = ",".join(GUIDANCE),
+        str, typer.Option(help=f"Comma-separated guidance methods ({', '.join(GUIDANCE)}) or 'all' "
+                          "(every method the prior can run).")
+    ] = "all",
     steps: Annotated[int, typer.Option(help="Timed steps per method (full step and guidance alone each).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed steps first (compilation, autotuning, grid fill).")] = 3,
     resolution: Annotated[

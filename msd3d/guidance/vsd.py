@@ -129,8 +129,9 @@ class VSD(Guidance):
         sigma_l = to_device(self.prior.sigma_from_time(t_l), x.device)
         noise = randn_like(x_l, generator)
         z_l = x_l + sigma_l.view(shape).to(x.dtype) * noise
-        keep_camera = bool(rand(1, generator, where).item() >= c.camera_dropout)
-        mask = torch.full((b * n,), keep_camera, device=x.device)
+        # threestudio drops the camera for the whole batch (lora_cfg_training); a tensor, so CUDA never syncs
+        keep_camera = to_device(rand(1, generator, where) >= c.camera_dropout, x.device)
+        mask = keep_camera.expand(b * n)
         cond_l = cond if n == 1 else cond.repeat(n)
         d = self.estimate.denoise(z_l, sigma_l, cond_l, camera_mask=mask)
         eps = (z_l - d) / sigma_l.view(shape).to(d.dtype)

@@ -201,16 +201,16 @@ class DiffusionPrior(abc.ABC):
     def trainable_denoiser(self, config: TrainableDenoiserConfig) -> TrainableDenoiser:
         """A trainable copy of this prior's denoiser (a LoRA of its network) for methods that learn the
         distribution of the current renders (VSD). Priors without a network refuse in one line."""
-        from msd3d.errors import Msd3dError
+        from msd3d.errors import UnsupportedByPrior
 
-        raise Msd3dError(
+        raise UnsupportedByPrior(
             f"{self.describe()} has no network to fine-tune, and guidance vsd trains a LoRA of the prior's UNet; "
             "use --prior learned or --prior sd, or another --guidance (msd, sds, sdi)"
         )
 
     def describe(self) -> str:
         """The prior in a few words, for messages ("the oracle prior")."""
-        return f"the {type(self).__name__} prior"
+        return f"the {type(self).__name__}"
 
     def validate_prompt(self, prompt: str) -> None:
         """Raise a one-line :class:`~msd3d.errors.Msd3dError` if this prior cannot serve ``prompt``

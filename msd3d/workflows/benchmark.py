@@ -38,7 +38,7 @@ import torch
 
 from msd3d.config import RunConfig, load_config, resolve_recipe
 from msd3d.device import resolve_device
-from msd3d.errors import ConfigError, Msd3dError
+from msd3d.errors import ConfigError, Msd3dError, UnsupportedByPrior
 from msd3d.priors.base import DiffusionPrior
 from msd3d.registry import GUIDANCE
 from msd3d.render.cameras import VIEW_NAMES, sample_cameras, view_prompts
@@ -66,7 +66,8 @@ ORACLE_PROMPT = "a red mushroom"
 class BenchConfig:
     """What ``msd3d bench`` measures, and on what."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] | None = None
+    """Methods to time; None = every registered method the prior can run (VSD needs a network)."""
     random_weights: str | None = None
     """"tiny" or "sd21": Stable Diffusion with random weights, built in memory on the device."""
     model: str | None = None
@@ -100,9 +101,9 @@ class BenchConfig:
     """Training step index of the first (warm-up) step; schedules (lambda, t, shading) follow it."""
 
     def validate(self) -> None:
-        if not self.methods:
+        if self.methods is not None and not self.methods:
             raise ValueError("bench.methods must name at least one method")
-        for m in self.methods:
+        for m in self.methods or ():
             if m not in METHODS:
                 raise ValueError(f"bench.methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
         if self.random_weights is not None and self.random_weights not in RANDOM_ARCHITECTURES:
@@ -137,7 +138,7 @@ def run_config(config: BenchConfig, method: str | None = None) -> RunConfig:
         "seed": config.seed,
         "device": config.device,
         "camera.batch_size": config.batch,
-        "guidance.name": method or config.methods[0],
+        "guidance.name": method or (config.methods or METHODS)[0],
     }
     if config.random_weights is not None or config.model is not None:
         values["prior.name"] = "sd"
@@ -282,6 +283,7 @@ def _method_settings(cfg: RunConfig, method: str) -> dict[str, Any]:
         "sds": ("guidance_scale",),
         "msd": ("sampler_steps", "samples", "guidance_scale", "kernel", "eta"),
         "sdi": ("inversion_steps", "inversion_guidance_scale", "guidance_scale"),
+        "vsd": ("guidance_scale", "lora_rank", "lora_lr"),
     }.get(method, ())
     return {k: getattr(g, k) for k in keys if hasattr(g, k)}
 
@@ -399,15 +401,22 @@ def run_bench(
     synchronize(device)
     setup["prior_build_s"] = time.perf_counter() - start
 
-    rows = []
-    for method in config.methods:
-        rows.append(bench_method(prior, config, method, log))
+    rows, skipped = [], {}
+    for method in config.methods or METHODS:
+        try:
+            rows.append(bench_method(prior, config, method, log))
+        except UnsupportedByPrior as err:
+            if config.methods is not None:  # asked for by name: the user's error, in one line
+                raise
+            skipped[method] = str(err)
+            log(f"{method}: skipped ({err})")
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     settings = {
-        "methods": list(config.methods),
+        "methods": [row.method for row in rows],
+        "skipped_methods": skipped,
         "steps": config.steps,
         "warmup": config.warmup,
         "resolution": base.render.resolution,  # after overrides
@@ -435,10 +444,10 @@ def run_bench(
     )
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"sds,msd"`` -> ``("sds", "msd")``; ``"all"`` -> every method."""
+def parse_methods(text: str) -> tuple[str, ...] | None:
+    """``"sds,msd"`` -> ``("sds", "msd")``; ``"all"`` -> None (every method the prior can run)."""
     if text.strip().lower() == "all":
-        return METHODS
+        return None
     methods = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
     for m in methods:
         if m not in METHODS:

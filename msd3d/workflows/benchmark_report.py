@@ -157,6 +157,8 @@ def print_report(report: BenchReport, console: Any | None = None) -> None:
     setup = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report.setup_s.items())
     if setup:
         console.print(f"setup: {setup}")
+    for method, reason in (report.settings.get("skipped_methods") or {}).items():
+        console.print(f"skipped {method}: {reason}")
     t = report.targets()
     if report.device.startswith("cuda") and t["sds_ms_step"] is not None:
         parts = [f"SDS step {t['sds_ms_step']:.1f} ms (target <= 40)"]
