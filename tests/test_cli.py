@@ -113,6 +113,10 @@ def test_generate_oracle_and_resume(tmp_path, tiny_run_overrides):
         (["generate"], "missing PROMPT"),
         (["generate", "--resume", "/nonexistent/run"], "no config.yaml there"),
         (["generate", "a giraffe", "--prior", "oracle", "--steps", "1"], "donut"),  # unknown family lists them
+        (["generate", "a giraffe", "--prior", "learned", "--steps", "1"], "the learned prior has no shape"),
+        (["image", "a giraffe", "--prior", "learned", "--steps", "1"], "the learned prior has no shape"),
+        (["generate", "a mushroom", "--prior", "oracle", "--guidance", "vsd", "--steps", "1"],
+         "no network to fine-tune"),
         (["generate", "a donut", "--device", "cuda:7"], "CUDA is not available"),
     ],
 )

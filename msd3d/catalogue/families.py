@@ -818,14 +818,15 @@ def find_family(prompt: str, catalogue: Mapping[str, Family] | None = None) -> F
     return found
 
 
-def match_family(prompt: str, catalogue: Mapping[str, Family] | None = None) -> Family:
-    """:func:`find_family`, raising :class:`Msd3dError` (listing the families) when nothing matches."""
+def match_family(prompt: str, catalogue: Mapping[str, Family] | None = None, prior: str = "oracle") -> Family:
+    """:func:`find_family`, raising :class:`Msd3dError` (naming ``prior`` and listing the families) when
+    nothing matches."""
     catalogue = CATALOGUE if catalogue is None else catalogue
     family = find_family(prompt, catalogue)
     if family is None:
         known = "; ".join(f"{f.name} ({', '.join(f.synonyms)})" for f in catalogue.values())
         raise Msd3dError(
-            f"the oracle prior has no shape for prompt {prompt!r}; name one of its families: {known}"
+            f"the {prior} prior has no shape for prompt {prompt!r}; name one of its families: {known}"
         )
     return family
 

@@ -297,7 +297,7 @@ class LearnedCataloguePrior(StableDiffusionPrior):
         return super().unet_conditioning(payload)
 
     def validate_prompt(self, prompt: str) -> None:
-        family = match_family(prompt)
+        family = match_family(prompt, prior="learned")
         if self.catalogue_families and family.name not in self.catalogue_families:
             from msd3d.errors import Msd3dError
 

@@ -147,12 +147,13 @@ def _resolve_entry(
 
 
 def check_prompt(config: RunConfig) -> None:
-    """Raise :class:`Msd3dError` when the prior cannot take ``config.prompt`` (the oracle knows only its
-    catalogue), so a bad entry fails in the plan (and ``--dry-run``), not after earlier entries trained."""
-    if config.prior.name == "oracle":
+    """Raise :class:`Msd3dError` when the prior cannot take ``config.prompt`` (the oracle and the learned
+    prior know only the catalogue), so a bad entry fails in the plan (and ``--dry-run``), not after earlier
+    entries trained."""
+    if config.prior.name in ("oracle", "learned"):
         from msd3d.catalogue.families import match_family
 
-        match_family(config.prompt)
+        match_family(config.prompt, prior=config.prior.name)
 
 
 def finished_summary(run_dir: Path, steps: int) -> dict[str, Any] | None:
