@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -201,6 +202,8 @@ def test_attribute_bench_counts_hits_and_draws_the_grid(tmp_path):
     spec.loader.exec_module(compare)
     side_by_side = compare.compare([results])
     assert f"| msd | 3 | {hits}/3 |" in side_by_side and "| a blue teacup | 0 | blue_teacup |" in side_by_side
+    family_mean = statistics.fmean(r["mode_psnr"] for r in rows)
+    assert f"| mug | {family_mean:.1f} / " in compare.by_family([results])  # the 3 prompts' mean
     from PIL import Image
 
     grid = Image.open(tmp_path / "grid.png")
