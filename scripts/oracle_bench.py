@@ -230,9 +230,15 @@ def run_config(method: str, entry: BenchEntry, args: argparse.Namespace, run_dir
         "train.steps": args.steps,
         "render.resolution": args.resolution,
     })
-    # every *-oracle recipe describes the same scene; a method the oracle cannot run (vsd) takes msd's
-    scene = guidance if args.prior == "oracle" or (recipe_dir() / f"{guidance}-oracle.yaml").is_file() else "msd"
-    return load_config(recipe_path(scene), [*setting_overrides, *(args.set or [])], values)
+    return load_config(scene_recipe(guidance, args), [*setting_overrides, *(args.set or [])], values)
+
+
+def scene_recipe(guidance: str, args: argparse.Namespace) -> Path:
+    """The *-oracle recipe a run starts from. They all describe the same scene, so on the learned prior a
+    method the oracle cannot run (vsd: no *-oracle recipe) takes msd's."""
+    if args.prior == "learned" and not (recipe_dir() / f"{guidance}-oracle.yaml").is_file():
+        return recipe_path("msd")
+    return recipe_path(guidance)
 
 
 def row_from_summary(entry: BenchEntry, method: str, summary: dict[str, Any], wall_s: float | None) -> BenchRow:
@@ -538,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench_seconds": time.perf_counter() - start,
         "prior": args.prior,
         "weights": args.weights,
-        "recipes": {m: str(recipe_path(setting_method(m)[0])) for m in args.methods},
+        "recipes": {m: str(scene_recipe(setting_method(m)[0], args)) for m in args.methods},
         "settings": {m: list(setting_method(m)[1]) for m in args.methods},
         "overrides": list(args.set or []),
         "rows": [asdict(r) | {"mode_minus_blend": r.mode_minus_blend} for r in rows],

@@ -123,6 +123,8 @@ def test_bench_options_are_checked_before_any_work():
         run_bench(BenchConfig(random_weights="tiny", compile=True, warmup=0))
     with pytest.raises(ConfigError, match="prior.sd.compile_mode"):
         run_config(BenchConfig(random_weights="tiny", compile_mode="fastest"))
+    # the catalogue priors get a catalogue prompt by default (the learned one refused the SD prompt)
+    assert run_config(BenchConfig(recipe="msd-learned")).prompt == run_config(BenchConfig(recipe="msd-oracle")).prompt
     assert parse_methods("SDS, msd,sds") == ("sds", "msd")
     assert parse_methods("all") is None  # every method the prior can run
     with pytest.raises(ConfigError, match="unknown method"):

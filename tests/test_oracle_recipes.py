@@ -269,3 +269,4 @@ def test_vsd_recipes_pair_like_the_msd_ones(tmp_path):
     config = bench.run_config("vsd", bench.BenchEntry("mushroom", "a mushroom", None, 0), args, tmp_path / "v")
     assert config.guidance.name == "vsd" and config.guidance.vsd == sd.guidance.vsd
     assert config.render == msd_learned.render and config.prior.name == "learned"
+    assert bench.scene_recipe("vsd", args) == recipe_dir() / "msd-oracle.yaml"  # what results.json records

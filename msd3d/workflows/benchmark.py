@@ -95,7 +95,8 @@ class BenchConfig:
     overrides: tuple[str, ...] = ()
     """key=value config overrides, applied last (they win over every option above)."""
     prompt: str | None = None
-    """None = a prompt the prior takes: :data:`SD_PROMPT`, or :data:`ORACLE_PROMPT` on the oracle."""
+    """None = a prompt the prior takes: :data:`SD_PROMPT`, or :data:`ORACLE_PROMPT` on the oracle and the
+    learned prior (they know only catalogue prompts)."""
     seed: int = 0
     start_step: int = 0
     """Training step index of the first (warm-up) step; schedules (lambda, t, shading) follow it."""
@@ -160,7 +161,7 @@ def run_config(config: BenchConfig, method: str | None = None) -> RunConfig:
     if config.prompt is not None:
         cfg.prompt = config.prompt
     elif not cfg.prompt:
-        cfg.prompt = ORACLE_PROMPT if cfg.prior.name == "oracle" else SD_PROMPT
+        cfg.prompt = ORACLE_PROMPT if cfg.prior.name in ("oracle", "learned") else SD_PROMPT
     return cfg
 
 
