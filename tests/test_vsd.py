@@ -32,6 +32,16 @@ def _unet_state(prior) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in prior.unet.state_dict().items()}
 
 
+def _train(guidance: VSD, x: torch.Tensor, cond, steps: int, lr: float) -> None:
+    """``steps`` Adam steps of the LoRA on its own loss, with a fixed noise stream."""
+    optimizer = torch.optim.Adam(guidance.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        guidance(x, cond, generator=gen).aux_loss.backward()
+        optimizer.step()
+
+
 def test_lora_learns_the_renders_and_leaves_the_prior_alone():
     """On the shipped learned prior (the real network): the LoRA's denoising loss on fixed renders halves."""
     from msd3d.catalogue.learned_prior import load_learned_prior
@@ -61,12 +71,7 @@ def test_lora_learns_the_renders_and_leaves_the_prior_alone():
             return sum(float(guidance(x, cond, generator=gen).aux_loss) for _ in range(draws)) / draws
 
     start = mean_loss()
-    optimizer = torch.optim.Adam(guidance.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(25):
-        optimizer.zero_grad()
-        guidance(x, cond, generator=gen).aux_loss.backward()
-        optimizer.step()
+    _train(guidance, x, cond, steps=25, lr=3e-3)
     end = mean_loss()
     assert end < 0.7 * start, (start, end)  # measured 0.083 -> 0.039
     # the prior's own UNet is untouched, and the LoRA's estimate has moved away from it
@@ -135,12 +140,7 @@ def test_stable_diffusion_lora_sees_the_camera(tmp_path):
     z, sigma = x[:1].repeat(2, 1, 1, 1), torch.full((2,), 1.0)
     with torch.no_grad():
         torch.testing.assert_close(guidance.estimate.denoise(z, sigma, cond), prior.denoise(z, sigma, cond, 1.0))
-    optimizer = torch.optim.Adam(guidance.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        guidance(x, cond, generator=gen).aux_loss.backward()
-        optimizer.step()
+    _train(guidance, x, cond, steps=3, lr=1e-2)
     with torch.no_grad():
         d = guidance.estimate.denoise(z, sigma, cond)
     assert not torch.allclose(d[0], d[1])  # same latent, different camera

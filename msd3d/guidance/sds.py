@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from msd3d.guidance.base import Guidance, GuidanceOutput, stat
-from msd3d.priors.base import Condition
+from msd3d.priors.base import Condition, DiffusionPrior
 from msd3d.rng import draw_device, rand, randn_like, to_device
 from msd3d.schedules import anneal
 from msd3d.validation import check_choice, join
@@ -57,6 +57,19 @@ def sample_times(
         t = anneal(config.t_max, config.t_min, step, total_steps)
         return torch.full((batch,), t, device=device)
     return config.t_min + (config.t_max - config.t_min) * rand(batch, generator, device)
+
+
+def noised_render(
+    prior: DiffusionPrior, config: TimestepConfig, x: Tensor, step: int, total_steps: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SDS's noisy render: times t (B,) and sigma_t (B,) drawn where the generator draws (the CPU: no
+    device round trip), sigma (B,) on x's device, and ``z = x + sigma n`` (B, *data)."""
+    t = sample_times(config, x.shape[0], step, total_steps, generator, draw_device(generator, x))
+    sigma_t = prior.sigma_from_time(t)
+    sigma = to_device(sigma_t, x.device)
+    z = x + sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype) * randn_like(x, generator)
+    return t, sigma_t, sigma, z
 
 
 def sds_weight(sigma: Tensor, weighting: str) -> Tensor:
@@ -104,12 +117,7 @@ class SDS(Guidance):
         generator: torch.Generator | None = None,
     ) -> GuidanceOutput:
         x = x.detach()
-        # times and sigmas where the generator draws them (the CPU): no device round trip
-        t = sample_times(self.config, x.shape[0], step, total_steps, generator, draw_device(generator, x))
-        sigma_t = self.prior.sigma_from_time(t)  # (B,)
-        sigma = to_device(sigma_t, x.device)
-        sig = sigma.view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-        z = x + sig * randn_like(x, generator)
+        t, sigma_t, sigma, z = noised_render(self.prior, self.config, x, step, total_steps, generator)
         target = self.prior.denoise(z, sigma, cond, self.config.guidance_scale)
         weight = self.config.weight * sds_weight(sigma, self.config.weighting)
         stats = {"t": stat(t.mean(), self.defer_stats), "sigma": stat(sigma_t.mean(), self.defer_stats)}

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from msd3d.errors import UnsupportedByPrior
 from msd3d.guidance.base import Guidance, GuidanceOutput, stat
-from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, sample_times, sds_weight
+from msd3d.guidance.sds import WEIGHTINGS, TimestepConfig, noised_render, sds_weight
 from msd3d.priors.base import Condition, DiffusionPrior, TrainableDenoiserConfig
 from msd3d.rng import draw_device, rand, randn_like, to_device
 from msd3d.validation import check_choice, join
@@ -79,9 +80,15 @@ class VSD(Guidance):
     def __init__(self, prior: DiffusionPrior, config: VSDConfig | None = None) -> None:
         super().__init__(prior, config)
         c = self.config
-        self.estimate = prior.trainable_denoiser(TrainableDenoiserConfig(
-            rank=c.lora_rank, alpha=float(c.lora_rank), camera_conditioning=c.camera_conditioning, seed=c.seed,
-        ))
+        try:
+            self.estimate = prior.trainable_denoiser(TrainableDenoiserConfig(
+                rank=c.lora_rank, alpha=float(c.lora_rank), camera_conditioning=c.camera_conditioning, seed=c.seed,
+            ))
+        except UnsupportedByPrior as err:
+            raise UnsupportedByPrior(
+                f"{err}, and guidance vsd trains a LoRA of the prior's UNet; "
+                "use --prior learned or --prior sd, or another --guidance (msd, sds, sdi)"
+            ) from None
 
     def denoiser_calls(self) -> int:
         return 3  # the prior (CFG batched), the LoRA's estimate (camera CFG batched), the LoRA's training pass
@@ -110,12 +117,7 @@ class VSD(Guidance):
         c = self.config
         x = x.detach()
         b = x.shape[0]
-        where = draw_device(generator, x)
-        t = sample_times(c, b, step, total_steps, generator, where)
-        sigma_t = self.prior.sigma_from_time(t)
-        sigma = to_device(sigma_t, x.device)
-        shape = (-1, *([1] * (x.ndim - 1)))
-        z = x + sigma.view(shape).to(x.dtype) * randn_like(x, generator)
+        t, sigma_t, sigma, z = noised_render(self.prior, c, x, step, total_steps, generator)
         with torch.no_grad():
             d_pretrained = self.prior.denoise(z, sigma, cond, c.guidance_scale)
             d_lora = self.estimate.denoise(z, sigma, cond, guidance_scale=c.guidance_scale_lora)
@@ -124,6 +126,8 @@ class VSD(Guidance):
 
         # the LoRA's denoising loss on the (detached) renders: epsilon MSE, as threestudio's train_lora
         n = c.lora_samples
+        where = draw_device(generator, x)
+        shape = (-1, *([1] * (x.ndim - 1)))
         x_l = x.repeat(n, *([1] * (x.ndim - 1)))
         t_l = c.lora_t_min + (c.lora_t_max - c.lora_t_min) * rand(b * n, generator, where)
         sigma_l = to_device(self.prior.sigma_from_time(t_l), x.device)

@@ -203,10 +203,7 @@ class DiffusionPrior(abc.ABC):
         distribution of the current renders (VSD). Priors without a network refuse in one line."""
         from msd3d.errors import UnsupportedByPrior
 
-        raise UnsupportedByPrior(
-            f"{self.describe()} has no network to fine-tune, and guidance vsd trains a LoRA of the prior's UNet; "
-            "use --prior learned or --prior sd, or another --guidance (msd, sds, sdi)"
-        )
+        raise UnsupportedByPrior(f"{self.describe()} has no network to fine-tune")
 
     def describe(self) -> str:
         """The prior in a few words, for messages ("the oracle prior")."""
